@@ -1,0 +1,56 @@
+# ktappliance: the two commands a fresh machine needs are `make appliance`
+# (set up, then build the engine image for this host) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+TARGET ?= auto
+BUILD_FLAGS ?=
+
+.PHONY: setup appliance build render detect test test-fast test-image test-stack lint docker bases clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed  ## virtualenv with the tool and its test tools
+
+detect: setup  ## what this host is and what to build
+	$(PY) build.py detect
+
+render: setup  ## write the build context for TARGET without building
+	$(PY) build.py render --target $(TARGET) $(BUILD_FLAGS)
+
+build: setup  ## render and build the engine image for TARGET
+	$(PY) build.py --target $(TARGET) $(BUILD_FLAGS)
+
+appliance: setup  ## set up and build everything for this host
+	$(PY) build.py detect
+	$(PY) build.py --target $(TARGET) $(BUILD_FLAGS)
+
+docker: setup  ## a Docker engine with BuildKit and Compose v2 (installs Debian's docker.io as root if none)
+	KTA_VENV=$(VENV) bash tests/support/ensure-docker.sh
+
+bases: docker  ## the stand-in base images the image and stack tests build FROM
+	bash tests/support/build-bases.sh
+
+test-fast: setup  ## unit tests only: no Docker
+	$(PY) -m pytest -q tests/unit
+
+test-image: bases
+	$(PY) -m pytest -q tests/image
+
+test-stack: bases
+	$(PY) -m pytest -q tests/stack
+
+test: bases  ## every tier: unit, image builds, the running stack
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) build.py render --target avx2 --out build/lint >/dev/null
+	$(PY) build.py render --target amx --numa --out build/lint >/dev/null
+	$(VENV)/bin/hadolint build/lint/*/Dockerfile
+
+clean:
+	rm -rf build

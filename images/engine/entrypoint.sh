@@ -1,0 +1,39 @@
+#!/bin/sh
+# Engine entrypoint: check the CPU, then start the KTransformers server with
+# settings from the environment. Arguments starting with "-" are passed on to
+# the server; any other command runs instead of it (e.g. `bash`).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/cpu-guard.sh"
+
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    exec "$@"
+fi
+
+venv=${KT_VENV:-/opt/venv}
+if [ -z "${KT_CPU_INFER:-}" ]; then
+    # Physical cores minus two for the server and the GPU feeder threads.
+    cores=$(awk -F: '/^physical id/{p=$2} /^core id/{print p":"$2}' /proc/cpuinfo | sort -u | wc -l)
+    [ "$cores" -gt 0 ] || cores=$(nproc)
+    KT_CPU_INFER=$((cores > 3 ? cores - 2 : 1))
+fi
+rule=${KT_OPTIMIZE_RULE:-DeepSeek-V3-Chat.yaml}
+case "$rule" in
+    */*) ;;
+    *) rule="$("$venv/bin/python" -c 'import ktransformers, os; print(os.path.dirname(ktransformers.__file__))')/optimize/optimize_rules/$rule" ;;
+esac
+
+set -- --host "${KT_HOST:-0.0.0.0}" --port "${KT_PORT:-10002}" \
+    --model_path "${KT_MODEL_PATH:-/models/config}" --gguf_path "${KT_GGUF_PATH:-/models/gguf}" \
+    --model_name "${KT_MODEL_NAME:-DeepSeek-R1}" --cpu_infer "$KT_CPU_INFER" \
+    --max_new_tokens "${KT_MAX_NEW_TOKENS:-8192}" --cache_lens "${KT_CACHE_LENS:-16384}" \
+    --optimize_config_path "$rule" "$@"
+# From v0.2.2 --force_think is a bare flag (`--force_think true` is an argparse error).
+features=" ${KT_SERVER_FEATURES:-} "
+if [ "${KT_FORCE_THINK:-false}" = true ] && [ "${features#* force_think }" != "$features" ]; then
+    set -- "$@" --force_think
+fi
+if [ -n "${KT_API_KEY:-}" ] && [ "${features#* auth }" != "$features" ]; then
+    set -- "$@" --api_key "$KT_API_KEY"
+fi
+exec "$venv/bin/ktransformers" "$@"

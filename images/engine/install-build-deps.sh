@@ -1,0 +1,27 @@
+#!/bin/sh
+# The KTransformers build environment: compilers and headers from apt, a
+# Python venv with the pinned CUDA torch and the build requirements.
+# Env: KT_APT_BUILD (packages), KT_TORCH, KT_TORCH_INDEX, KT_BUILD_PIP, KT_VENV.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+common="$here/../common"
+[ -d "$common" ] || common="$here"
+venv=${KT_VENV:-/opt/venv}
+
+if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+    # shellcheck disable=SC2086
+    "$common/apt-install.sh" python3 python3-venv python3-dev ca-certificates $KT_APT_BUILD
+fi
+# shellcheck source=../common/network.sh
+. "$common/network.sh"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+if [ -n "${KT_TORCH_INDEX:-}" ]; then
+    "$venv/bin/pip" install -q "torch==$KT_TORCH" --index-url "$KT_TORCH_INDEX" \
+        --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}"
+else
+    "$venv/bin/pip" install -q "torch==$KT_TORCH"
+fi
+# shellcheck disable=SC2086
+"$venv/bin/pip" install -q $KT_BUILD_PIP
+echo "install-build-deps: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__, torch.version.cuda)')"

@@ -1,0 +1,79 @@
+"""`build.py detect`: report what the host is and what to build for it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from .matrix import Matrix
+from .probe import FLAGS_OF_INTEREST, HostFacts
+from .recommend import Recommendation
+
+
+def _cpu_ranges(cpus: list[int]) -> str:
+    if not cpus:
+        return "-"
+    ranges, start, prev = [], cpus[0], cpus[0]
+    for cpu in cpus[1:] + [None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        ranges.append(f"{start}-{prev}" if start != prev else str(start))
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(ranges)
+
+
+def build_command(rec: Recommendation) -> str | None:
+    if rec.target is None:
+        return None
+    return f"python build.py --target {rec.target}" + (" --numa" if rec.numa else "")
+
+
+def as_json(facts: HostFacts, rec: Recommendation) -> str:
+    host = asdict(facts)
+    host["flags"] = {flag: flag in facts.flags for flag in FLAGS_OF_INTEREST}
+    payload = {
+        "target": rec.target,
+        "numa": rec.numa,
+        "reasons": rec.reasons,
+        "build_command": build_command(rec),
+        "host": host,
+    }
+    return json.dumps(payload, indent=2)
+
+
+def as_text(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
+    def known(value, unit=""):
+        return "unknown" if value is None else f"{value}{unit}"
+
+    out = [
+        f"CPU:      {facts.model or 'unknown model'} ({facts.vendor or 'unknown vendor'})"
+        + (f", under {facts.hypervisor}" if facts.hypervisor else ""),
+        "Flags:    " + " ".join(f"{flag}{'+' if flag in facts.flags else '-'}" for flag in FLAGS_OF_INTEREST),
+        f"Topology: {known(facts.sockets)} socket(s), {known(facts.cores)} cores, {known(facts.threads)} threads, "
+        f"{known(facts.numa_node_count)} NUMA node(s)",
+    ]
+    for node in facts.numa_nodes:
+        memory = f", {node.memory_mib} MiB" if node.memory_mib is not None else ""
+        out.append(f"          node {node.node}: CPUs {_cpu_ranges(node.cpus)}{memory}")
+    out.append(f"RAM:      {known(facts.ram_mib and round(facts.ram_mib / 1024, 1), ' GiB')}")
+    if facts.gpus:
+        for index, gpu in enumerate(facts.gpus):
+            out.append(f"GPU {index}:    {gpu.name}, {known(gpu.memory_mib, ' MiB')}, "
+                       f"compute {known(gpu.compute_capability)}, driver {known(gpu.driver)}")
+    else:
+        out.append("GPUs:     none found (no nvidia-smi output)")
+    out.append(f"Read:     {', '.join(facts.sources)}")
+    out.append("")
+    if rec.target is None:
+        out.append("Recommendation: no supported target for this CPU")
+    else:
+        target = matrix.targets[rec.target]
+        out.append(f"Recommendation: target {rec.target} (KTransformers {target.default_line}, "
+                   f"CPU_INSTRUCT={target.cpu_instruct}), NUMA {'on' if rec.numa else 'off'}")
+    out.extend(f"  - {reason}" for reason in rec.reasons)
+    command = build_command(rec)
+    if command:
+        out.append(f"Build it:  {command}")
+    return "\n".join(out)

@@ -1,0 +1,196 @@
+"""The target matrix: targets.yaml read into typed records, and the rules that
+say which combinations of target, KTransformers line, CUDA and NUMA are valid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import ApplianceError
+
+DEFAULT_MATRIX_FILE = Path(__file__).with_name("targets.yaml")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    requires: tuple[str, ...]
+    cpu_instruct: str
+    default_line: str
+
+
+@dataclass(frozen=True)
+class CudaBase:
+    version: str
+    devel_image: str
+    runtime_image: str
+    python: str
+    min_driver: str
+
+
+@dataclass(frozen=True)
+class TorchPin:
+    version: str
+    index_url: str
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    tag: str
+    commit: str
+    description: str
+    quant_types: tuple[str, ...]
+    amx: bool
+    torch_by_cuda: dict[str, TorchPin]
+    build_pip: tuple[str, ...]
+    flash_attn: str
+    apt_build: tuple[str, ...]
+    apt_runtime: tuple[str, ...]
+    cmake_min: str
+    optimize_rules: tuple[str, ...]
+    supports_force_think: bool
+    supports_api_key: bool
+
+    @property
+    def default_cuda(self) -> str:
+        return next(iter(self.torch_by_cuda))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One valid point of the matrix: what a single engine image is built for."""
+
+    target: Target
+    line: Line
+    cuda: CudaBase
+    numa: bool
+    torch: TorchPin
+    tag_scheme: str
+
+    @property
+    def image_tag(self) -> str:
+        return self.tag_scheme.format(
+            line=self.line.name,
+            target=self.target.name,
+            cuda=self.cuda.version.replace(".", ""),
+            numa="numa" if self.numa else "nonuma",
+        )
+
+
+@dataclass(frozen=True)
+class Matrix:
+    targets: dict[str, Target]
+    cuda: dict[str, CudaBase]
+    lines: dict[str, Line]
+    torch_cuda_arch_list: str
+    default_jobs: int
+    default_numa: bool
+    tag_scheme: str
+
+    def valid_combinations(self) -> list[tuple[str, str, str]]:
+        """(target, line, cuda) triples; NUMA on and off are valid for each."""
+        combos = []
+        for target in self.targets.values():
+            for line in self.lines.values():
+                if not _line_fits_target(line, target):
+                    continue
+                for cuda in line.torch_by_cuda:
+                    combos.append((target.name, line.name, cuda))
+        return combos
+
+    def select(self, target: str, line: str | None = None, cuda: str | None = None,
+               numa: bool | None = None) -> Selection:
+        if target not in self.targets:
+            raise ApplianceError(
+                f"unknown target {target!r}; choose one of: {', '.join(self.targets)} (or auto)")
+        chosen_target = self.targets[target]
+        line_name = line or chosen_target.default_line
+        if line_name not in self.lines:
+            raise ApplianceError(
+                f"unknown KTransformers line {line_name!r}; known lines: {', '.join(self.lines)}")
+        chosen_line = self.lines[line_name]
+        cuda_version = cuda or chosen_line.default_cuda
+        if cuda_version not in self.cuda:
+            raise ApplianceError(
+                f"unknown CUDA version {cuda_version!r}; known: {', '.join(self.cuda)}")
+        if not _line_fits_target(chosen_line, chosen_target) or cuda_version not in chosen_line.torch_by_cuda:
+            valid = "; ".join(f"--target {t} --line {l} --cuda {c}" for t, l, c in self.valid_combinations())
+            raise ApplianceError(
+                f"invalid combination: target {target}, line {line_name}, CUDA {cuda_version}; valid: {valid}")
+        return Selection(
+            target=chosen_target,
+            line=chosen_line,
+            cuda=self.cuda[cuda_version],
+            numa=self.default_numa if numa is None else numa,
+            torch=chosen_line.torch_by_cuda[cuda_version],
+            tag_scheme=self.tag_scheme,
+        )
+
+
+def _line_fits_target(line: Line, target: Target) -> bool:
+    # The AMX target exists for the AMX kernels; a line without them would
+    # just be the avx512 build under another name.
+    needs_amx = any(flag.startswith("amx") for flag in target.requires)
+    return line.amx or not needs_amx
+
+
+def load_matrix(path: Path = DEFAULT_MATRIX_FILE) -> Matrix:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ApplianceError(f"cannot read targets file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ApplianceError(f"malformed targets file {path}{at}: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return _parse(raw)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ApplianceError(f"malformed targets file {path}: missing or wrong entry {exc}") from None
+
+
+def _parse(raw: dict) -> Matrix:
+    if not isinstance(raw, dict) or raw.get("schema") != 1:
+        raise ValueError("'schema: 1'")
+    targets = {
+        name: Target(name, str(t["description"]), tuple(t["requires"]), str(t["cpu_instruct"]),
+                     str(t["default_line"]))
+        for name, t in raw["targets"].items()
+    }
+    cuda = {
+        str(ver): CudaBase(str(ver), str(c["devel_image"]), str(c["runtime_image"]), str(c["python"]),
+                           str(c["min_driver"]))
+        for ver, c in raw["cuda"].items()
+    }
+    lines = {}
+    for name, entry in raw["lines"].items():
+        torch_by_cuda = {str(ver): TorchPin(str(p["torch"]), str(p.get("torch_index") or ""))
+                         for ver, p in entry["cuda"].items()}
+        for ver in torch_by_cuda:
+            if ver not in cuda:
+                raise ValueError(f"lines.{name}.cuda.{ver} (no such CUDA base)")
+        flags = entry.get("server_flags") or {}
+        lines[name] = Line(
+            name=name, tag=str(entry["tag"]), commit=str(entry["commit"]),
+            description=str(entry["description"]), quant_types=tuple(entry["quant_types"]),
+            amx=bool(entry["amx"]), torch_by_cuda=torch_by_cuda, build_pip=tuple(entry["build_pip"]),
+            flash_attn=str(entry["flash_attn"]), apt_build=tuple(entry["apt_build"]),
+            apt_runtime=tuple(entry["apt_runtime"]), cmake_min=str(entry["cmake_min"]),
+            optimize_rules=tuple(entry["optimize_rules"]),
+            supports_force_think=bool(flags.get("force_think", False)),
+            supports_api_key=bool(flags.get("api_key", False)),
+        )
+    for target in targets.values():
+        if target.default_line not in lines:
+            raise ValueError(f"targets.{target.name}.default_line ({target.default_line} is no line)")
+        if target.cpu_instruct.upper() == "NATIVE":
+            raise ValueError(f"targets.{target.name}.cpu_instruct (NATIVE ties the image to the build host)")
+    defaults = raw["defaults"]
+    return Matrix(targets=targets, cuda=cuda, lines=lines,
+                  torch_cuda_arch_list=str(defaults["torch_cuda_arch_list"]),
+                  default_jobs=int(defaults["jobs"]), default_numa=bool(defaults["numa"]),
+                  tag_scheme=str(raw["tag_scheme"]))

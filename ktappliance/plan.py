@@ -1,0 +1,130 @@
+"""Build plan: a matrix selection plus every option that shapes one image build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ApplianceError
+from .matrix import Selection
+
+UPSTREAM_GIT = "https://github.com/kvcache-ai/ktransformers.git"
+FLASH_ATTN_MODES = ("wheel", "skip")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the KTransformers source comes from: the pinned git tag, or a
+    local tree / tarball (the modified offline source many users build from)."""
+
+    kind: str  # "git", "dir" or "tarball"
+    location: str
+
+    @property
+    def in_build(self) -> str:
+        """The KT_SOURCE value the build script sees inside the builder."""
+        if self.kind == "git":
+            return self.location
+        return "/src/ktransformers.tar.gz"
+
+    @property
+    def label(self) -> str:
+        return self.location if self.kind == "git" else f"local {self.kind}: {Path(self.location).name}"
+
+    @classmethod
+    def from_option(cls, value: str | None) -> "SourceSpec":
+        if not value:
+            return cls("git", UPSTREAM_GIT)
+        path = Path(value).expanduser()
+        if path.is_dir():
+            if not (path / "setup.py").is_file():
+                raise ApplianceError(f"--ktransformers-src {value}: directory holds no setup.py")
+            return cls("dir", str(path.resolve()))
+        if path.is_file():
+            if not path.name.endswith((".tar.gz", ".tgz")):
+                raise ApplianceError(f"--ktransformers-src {value}: expected a directory or a .tar.gz")
+            return cls("tarball", str(path.resolve()))
+        raise ApplianceError(f"--ktransformers-src {value}: no such file or directory")
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """What users behind slow or filtered networks set. Only apt_mirror is a
+    plain build arg; the rest may hold credentials and travel as secrets."""
+
+    pip_index_url: str = ""
+    apt_mirror: str = ""
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+    ca_cert: str = ""
+
+    def secret_env(self) -> dict[str, str]:
+        env = {}
+        if self.pip_index_url:
+            env["PIP_INDEX_URL"] = self.pip_index_url
+        for name, value in (("http_proxy", self.http_proxy), ("https_proxy", self.https_proxy),
+                            ("no_proxy", self.no_proxy)):
+            if value:
+                env[name] = value
+                env[name.upper()] = value
+        return env
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    selection: Selection
+    source: SourceSpec
+    cuda_arch_list: str
+    jobs: int
+    flash_attn: str
+    devel_image: str
+    runtime_image: str
+    network: NetworkOptions = field(default_factory=NetworkOptions)
+    image_tag: str = ""
+
+    @property
+    def flash_attn_pin(self) -> str:
+        return "skip" if self.flash_attn == "skip" else self.selection.line.flash_attn
+
+    def labels(self) -> dict[str, str]:
+        sel = self.selection
+        return {
+            "ai.ktappliance.engine": "ktransformers",
+            "ai.ktappliance.target": sel.target.name,
+            "ai.ktappliance.line": sel.line.name,
+            "ai.ktappliance.commit": sel.line.commit,
+            "ai.ktappliance.cuda": sel.cuda.version,
+            "ai.ktappliance.numa": "true" if sel.numa else "false",
+            "ai.ktappliance.cpu-instruct": sel.target.cpu_instruct,
+            "ai.ktappliance.cpu-flags": " ".join(sel.target.requires),
+            "ai.ktappliance.torch": sel.torch.version,
+            "ai.ktappliance.torch-cuda-arch-list": self.cuda_arch_list,
+            "ai.ktappliance.flash-attn": self.flash_attn_pin,
+        }
+
+
+def make_plan(selection: Selection, *, source: str | None = None, cuda_arch_list: str | None = None,
+              default_arch_list: str, jobs: int | None = None, default_jobs: int = 2,
+              flash_attn: str = "wheel", base_image: str | None = None,
+              runtime_base_image: str | None = None, network: NetworkOptions | None = None,
+              tag: str | None = None) -> BuildPlan:
+    if jobs is not None and jobs < 1:
+        raise ApplianceError(f"--jobs {jobs}: must be 1 or more")
+    if flash_attn not in FLASH_ATTN_MODES:
+        raise ApplianceError(f"--flash-attn {flash_attn}: choose one of {', '.join(FLASH_ATTN_MODES)}")
+    arch_list = cuda_arch_list or default_arch_list
+    for arch in arch_list.split(";"):
+        if not arch.removesuffix("+PTX").replace(".", "", 1).isdigit():
+            raise ApplianceError(f"--cuda-arch {arch_list}: expected entries like 8.6 or 9.0+PTX separated by ';'")
+    return BuildPlan(
+        selection=selection,
+        source=SourceSpec.from_option(source),
+        cuda_arch_list=arch_list,
+        jobs=jobs or default_jobs,
+        flash_attn=flash_attn,
+        devel_image=base_image or selection.cuda.devel_image,
+        runtime_image=runtime_base_image or selection.cuda.runtime_image,
+        network=network or NetworkOptions(),
+        image_tag=tag or selection.image_tag,
+    )

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build the stand-in base images the image and stack tests build FROM, once per
+# machine (reused by tag). No container registry is reachable here, so:
+#   kta-test/debian:bookworm        debootstrap + docker import
+#   kta-test/cuda:13.0-devel        a CUDA 13 toolkit from PyPI's wheels laid out
+#                                   like nvidia/cuda's /usr/local/cuda
+#   kta-test/cuda:13.0-runtime      the CUDA runtime library only
+# The product's defaults stay the real nvidia/cuda images; tests pass these
+# through the tool's --base-image / --runtime-base-image options.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+docker_cli=${KTA_DOCKER_CLI:-docker}
+
+have_image() { "$docker_cli" image inspect "$1" >/dev/null 2>&1; }
+
+debian=kta-test/debian:bookworm
+if ! have_image "$debian"; then
+    mirror=$(awk '/^URIs:/ {print $2; exit} /^deb / {print $2; exit}' \
+        /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null | head -n1)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    rootfs=$(mktemp -d)
+    trap 'rm -rf "$rootfs"' EXIT
+    echo "build-bases: debootstrap bookworm from $mirror" >&2
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/tmp/ktappliance-debootstrap.log 2>&1 \
+        || { tail -n 20 /tmp/ktappliance-debootstrap.log >&2; exit 1; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | "$docker_cli" import \
+        --change 'CMD ["bash"]' --change 'ENV LANG=C.UTF-8' - "$debian" >/dev/null
+fi
+
+build_secret=()
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+    build_secret=(--secret "id=ca_bundle,src=$PIP_CERT")
+fi
+for flavour in devel runtime; do
+    tag=kta-test/cuda:13.0-$flavour
+    have_image "$tag" && continue
+    echo "build-bases: building $tag" >&2
+    DOCKER_BUILDKIT=1 "$docker_cli" build -q "${build_secret[@]}" \
+        --build-arg "DEBIAN_IMAGE=$debian" --target "$flavour" \
+        -t "$tag" -f "$here/bases/cuda13.Dockerfile" "$here/bases" >/dev/null
+done
+echo "build-bases: ready" >&2

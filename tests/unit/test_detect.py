@@ -1,0 +1,116 @@
+"""Host detection on real captures (../shared/fixtures/hosts, see its SOURCES.md)."""
+
+import json
+
+import pytest
+
+from ktappliance.matrix import load_matrix
+from ktappliance.probe import parse_lscpu, probe_directory
+from ktappliance.recommend import recommend
+
+from conftest import assert_one_line_error, run_cli
+
+# capture -> (target, numa, sockets, numa nodes). Targets follow the flags
+# columns of SOURCES.md; NUMA is on only with one node per socket on >= 2 sockets.
+EXPECTED = {
+    "epyc-zen4-2c": ("avx512", False, 1, 1),
+    "xeon-amx-h200-1s": ("amx", False, 1, 1),
+    "public/core-ultra9-285_1proc_archspec": ("avx2", False, 1, None),
+    "public/e5-2650v2_1proc_avxonly_archspec": (None, False, 1, None),
+    "public/e5-2680v4_2s_linuxhw": ("avx2", True, 2, 2),
+    "public/e5-2690v2_2s_avxonly_linuxhw": (None, False, 2, 2),
+    "public/e5-2696v3_2s_linuxhw": ("avx2", True, 2, 2),
+    "public/epyc7742_2s_nps1_smtoff_linuxhw": ("avx2", True, 2, 2),
+    "public/epyc7742_2s_nps4_linuxhw": ("avx2", False, 2, 8),
+    "public/epyc9654_1proc_archspec": ("avx512", False, 1, None),
+    "public/epyc9754_lxc_8proc_ollama-5554": ("avx512", False, 1, None),
+    "public/gold5318y_2s_tree-wrapped80": ("avx512", True, 2, 2),
+    "public/gold6240_4s_linuxhw": ("avx512", True, 4, 4),
+    "public/gold6248_2s_linuxhw": ("avx512", True, 2, 2),
+    "public/gold6326_vmware-vm_8sock_ollama-7359": ("avx512", False, 8, None),
+    "public/gold6459c_2s_autodl-container": ("amx", True, 2, 2),
+    "public/platinum8470q_2s_autodl-container": ("amx", True, 2, 2),
+    "public/platinum8480plus_1proc_archspec": ("amx", False, 1, None),
+    "public/platinum8481c_gcp-vm_2s_4numa_noamxflag": ("avx512", False, 2, 4),
+    "public/ryzen9-5950x_1proc_archspec": ("avx2", False, 1, None),
+    "public/ryzen9-7950x_1s": ("avx512", False, 1, 1),
+    "public/ryzen9-9950x_1proc_archspec": ("avx512", False, 1, None),
+    "public/threadripper-pro-7975wx_1proc_ikllama-d477": ("avx512", False, 1, None),
+    "public/xeon6980p_granite-rapids_ikllama-pr541": ("amx", False, None, None),
+}
+
+
+def test_every_capture_has_an_expectation(hosts_dir):
+    captures = {str(p.parent.relative_to(hosts_dir)) for p in hosts_dir.rglob("*.txt") if p.name != "SOURCES.md"}
+    captures |= {str(p.parent.relative_to(hosts_dir)) for p in hosts_dir.rglob("*.csv")}
+    assert captures == set(EXPECTED)
+
+
+@pytest.mark.parametrize("capture", sorted(EXPECTED))
+def test_detect_json_on_capture(hosts_dir, capture):
+    target, numa, sockets, nodes = EXPECTED[capture]
+    done = run_cli("detect", "--from", str(hosts_dir / capture), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["target"] == target
+    assert report["numa"] is numa
+    assert report["host"]["sockets"] == sockets
+    assert report["host"]["numa_node_count"] == nodes
+    assert report["reasons"]
+    if target is None:
+        assert report["build_command"] is None
+        assert any("no supported target" in r for r in report["reasons"])
+
+
+def test_our_two_machines_in_full(hosts_dir):
+    epyc = probe_directory(hosts_dir / "epyc-zen4-2c")
+    assert (epyc.vendor, epyc.cores, epyc.threads, epyc.ram_mib) == ("AuthenticAMD", 2, 2, 24105)
+    assert epyc.numa_nodes[0].cpus == [0, 1] and epyc.numa_nodes[0].memory_mib == 22874
+    assert epyc.gpus == []  # its nvidia-smi.txt says "command not found"
+    xeon = probe_directory(hosts_dir / "xeon-amx-h200-1s")
+    assert {"amx_tile", "amx_int8", "amx_bf16", "avx512_bf16"} <= xeon.flags
+    assert [(g.name, g.memory_mib, g.compute_capability) for g in xeon.gpus] == [("NVIDIA H200", 143771, "9.0")]
+
+
+def test_lscpu_alone_decides(hosts_dir, tmp_path):
+    (tmp_path / "lscpu.txt").write_text((hosts_dir / "public/gold6248_2s_linuxhw/lscpu.txt").read_text())
+    rec = recommend(probe_directory(tmp_path), load_matrix())
+    assert (rec.target, rec.numa) == ("avx512", True)
+
+
+def test_wrapped_tree_lscpu_rejoins_mid_token_breaks(hosts_dir):
+    fields = parse_lscpu((hosts_dir / "public/gold5318y_2s_tree-wrapped80/lscpu.txt").read_text())
+    flags = fields["Flags"].split()
+    assert "mca" in flags and "cmov" in flags and "avx512bw" in flags and "avx512_vnni" in flags
+    assert fields["NUMA node0 CPU(s)"].endswith("76,78,80,82,84,86,88,90,92,94")
+    assert fields["Model name"].startswith("Intel(R) Xeon(R) Gold 5318Y")
+
+
+def test_vm_hiding_amx_is_explained(hosts_dir):
+    done = run_cli("detect", "--from", str(hosts_dir / "public/platinum8481c_gcp-vm_2s_4numa_noamxflag"))
+    assert done.returncode == 0
+    assert "hides AMX" in done.stdout
+    assert "NPS1" in done.stdout  # 4 nodes on 2 sockets
+
+
+def test_text_report_names_what_matters(hosts_dir):
+    done = run_cli("detect", "--from", str(hosts_dir / "xeon-amx-h200-1s"))
+    assert done.returncode == 0
+    for fragment in ("amx_tile+", "NVIDIA H200", "compute 9.0", "target amx", "python build.py --target amx"):
+        assert fragment in done.stdout
+
+
+def test_live_detect_runs_here():
+    done = run_cli("detect", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["target"] in ("avx2", "avx512", "amx", None)
+    assert report["host"]["threads"] >= 1
+
+
+@pytest.mark.parametrize("bad", ["missing-dir", "empty-dir"])
+def test_detect_bad_from_dir(tmp_path, bad):
+    path = tmp_path / bad
+    if bad == "empty-dir":
+        path.mkdir()
+    assert_one_line_error(run_cli("detect", "--from", str(path)), "--from")

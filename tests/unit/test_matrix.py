@@ -1,0 +1,82 @@
+"""targets.yaml: loading, valid combinations, and the errors for bad ones."""
+
+import pytest
+
+from ktappliance.errors import ApplianceError
+from ktappliance.matrix import load_matrix
+
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return load_matrix()
+
+
+def test_targets_and_lines_from_the_issue(matrix):
+    assert list(matrix.targets) == ["avx2", "avx512", "amx"]
+    assert matrix.lines["v0.2.3"].commit == "63b1c852"
+    assert matrix.lines["v0.3.2"].commit == "495ae374"
+    assert matrix.targets["avx2"].default_line == "v0.2.3"
+    assert matrix.targets["avx512"].default_line == "v0.2.3"
+    assert matrix.targets["amx"].default_line == "v0.3.2"
+    assert "12.4" in matrix.lines["v0.2.3"].torch_by_cuda and "12.6" in matrix.lines["v0.3.2"].torch_by_cuda
+    assert all(t.cpu_instruct != "NATIVE" for t in matrix.targets.values())
+
+
+def test_each_cuda_base_is_a_real_nvidia_image(matrix):
+    for cuda in matrix.cuda.values():
+        assert cuda.devel_image.startswith(f"nvidia/cuda:{cuda.version}") and "devel" in cuda.devel_image
+        assert cuda.runtime_image.startswith(f"nvidia/cuda:{cuda.version}") and "runtime" in cuda.runtime_image
+
+
+def test_tag_names_line_target_cuda_and_numa(matrix):
+    assert matrix.select("amx", numa=True).image_tag == "ktappliance/engine:v0.3.2-amx-cu126-numa"
+    assert matrix.select("avx2").image_tag == "ktappliance/engine:v0.2.3-avx2-cu124-nonuma"
+
+
+def test_amx_needs_a_line_with_amx_kernels(matrix):
+    with pytest.raises(ApplianceError, match="invalid combination.*valid: --target avx2"):
+        matrix.select("amx", line="v0.2.3")
+
+
+def test_line_without_that_cuda_is_rejected_with_the_valid_list(matrix):
+    with pytest.raises(ApplianceError) as err:
+        matrix.select("avx2", line="v0.2.3", cuda="12.6")
+    message = str(err.value)
+    for target, line, cuda in matrix.valid_combinations():
+        assert f"--target {target} --line {line} --cuda {cuda}" in message
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--target", "sse4"], "unknown target 'sse4'"),
+    (["--target", "avx2", "--line", "v9"], "unknown KTransformers line 'v9'"),
+    (["--target", "avx2", "--cuda", "11.8"], "unknown CUDA version '11.8'"),
+    (["--target", "amx", "--line", "v0.2.3"], "invalid combination"),
+])
+def test_cli_rejects_bad_choices(tmp_path, args, fragment):
+    done = run_cli("render", *args, "--out", str(tmp_path))
+    assert_one_line_error(done, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("targets: [unclosed", "malformed targets file"),
+    ("schema: 2\n", "malformed targets file"),
+    ("schema: 1\ntargets: {}\n", "malformed targets file"),
+])
+def test_malformed_targets_file(tmp_path, content, fragment):
+    bad = tmp_path / "targets.yaml"
+    bad.write_text(content)
+    done = run_cli("render", "--target", "avx2", "--targets-file", str(bad), "--out", str(tmp_path / "out"))
+    assert_one_line_error(done, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_native_cpu_instruct_is_refused(tmp_path):
+    from ktappliance.matrix import DEFAULT_MATRIX_FILE
+    text = DEFAULT_MATRIX_FILE.read_text().replace("cpu_instruct: AVX2", "cpu_instruct: NATIVE")
+    bad = tmp_path / "targets.yaml"
+    bad.write_text(text)
+    with pytest.raises(ApplianceError, match="NATIVE"):
+        load_matrix(bad)

@@ -1,0 +1,177 @@
+"""Rendered build contexts: every valid combination, hadolint-clean, flags in place."""
+
+import hashlib
+import os
+import subprocess
+import tarfile
+import shutil
+
+import pytest
+from dockerfile_parse import DockerfileParser
+
+from ktappliance import render as render_module
+from ktappliance.errors import ApplianceError
+from ktappliance.matrix import load_matrix
+from ktappliance.plan import make_plan
+from ktappliance.render import render
+
+from conftest import REPO, assert_one_line_error, run_cli
+
+MATRIX = load_matrix()
+COMBOS = [(t, l, c, numa) for t, l, c in MATRIX.valid_combinations() for numa in (False, True)]
+HADOLINT = shutil.which("hadolint") or os.path.join(os.path.dirname(os.sys.executable), "hadolint")
+
+
+def plan_for(target, line=None, cuda=None, numa=False, **options):
+    return make_plan(MATRIX.select(target, line, cuda, numa), default_arch_list=MATRIX.torch_cuda_arch_list,
+                     default_jobs=MATRIX.default_jobs, **options)
+
+
+def parsed(context):
+    parser = DockerfileParser(path=str(context.dockerfile))
+    return parser
+
+
+@pytest.mark.parametrize("target, line, cuda, numa", COMBOS)
+def test_every_valid_combination_renders_and_passes_hadolint(tmp_path, target, line, cuda, numa):
+    ctx = render(plan_for(target, line, cuda, numa), tmp_path)
+    parser = parsed(ctx)
+    stages = [i for i in parser.structure if i["instruction"] == "FROM"]
+    assert [s["value"] for s in stages] == ["${CUDA_DEVEL_IMAGE} AS builder", "${CUDA_RUNTIME_IMAGE} AS runtime"]
+    args_before_from = parser.content.split("\nFROM ", 1)[0]
+    cuda_base = MATRIX.cuda[cuda]
+    assert f"ARG CUDA_DEVEL_IMAGE={cuda_base.devel_image}" in args_before_from
+    assert f"ARG CUDA_RUNTIME_IMAGE={cuda_base.runtime_image}" in args_before_from
+    labels = parser.labels
+    assert labels["ai.ktappliance.target"] == target
+    assert labels["ai.ktappliance.line"] == line
+    assert labels["ai.ktappliance.commit"] == MATRIX.lines[line].commit
+    assert labels["ai.ktappliance.numa"] == str(numa).lower()
+    assert f"CPU_INSTRUCT={MATRIX.targets[target].cpu_instruct} KT_NUMA={int(numa)}" in parser.content
+    assert f'KT_COMMIT="{MATRIX.lines[line].commit}"' in parser.content
+    assert "USE_NUMA" not in parser.content  # only the build script may set it, and only when on
+    assert "NATIVE" not in parser.content
+    assert any(i["instruction"] == "HEALTHCHECK" for i in parser.structure)
+    assert any(i["instruction"] == "USER" and not i["value"].startswith("0") for i in parser.structure)
+    lint = subprocess.run([HADOLINT, "--failure-threshold", "info", str(ctx.dockerfile)],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_render_is_deterministic_including_a_source_dir(tmp_path):
+    src = tmp_path / "kt-src"
+    (src / "ktransformers").mkdir(parents=True)
+    (src / "setup.py").write_text("# modified offline source\n")
+    (src / "ktransformers" / "__init__.py").write_text("__version__ = '0.2.3'\n")
+    digests = []
+    for out in ("a", "b"):
+        ctx = render(plan_for("avx2", source=str(src)), tmp_path / out)
+        os.utime(src / "setup.py", (1, 1))  # touching the tree must not change the bytes
+        digests.append({p.relative_to(ctx.directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(ctx.directory.rglob("*")) if p.is_file()})
+    assert digests[0] == digests[1]
+    with tarfile.open(tmp_path / "a" / "engine-v0.2.3-avx2-cu124-nonuma" / "src" / "ktransformers.tar.gz") as tar:
+        assert "ktransformers/setup.py" in tar.getnames()
+
+
+def test_local_source_is_bind_mounted_not_copied(tmp_path):
+    tarball = tmp_path / "ktransformers-0.2.3.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(REPO / "build.py", arcname="ktransformers-0.2.3/setup.py")
+    content = render(plan_for("avx512", source=str(tarball)), tmp_path / "out").dockerfile.read_text()
+    assert "--mount=type=bind,source=src,target=/src" in content
+    assert 'KT_SOURCE="/src/ktransformers.tar.gz"' in content
+    git_content = render(plan_for("avx512"), tmp_path / "git").dockerfile.read_text()
+    assert "type=bind,source=src" not in git_content
+    assert 'KT_SOURCE="https://github.com/kvcache-ai/ktransformers.git" KT_TAG="v0.2.3"' in git_content
+
+
+def test_narrowed_arch_list_and_jobs(tmp_path):
+    content = render(plan_for("avx2", cuda_arch_list="8.9", jobs=4), tmp_path).dockerfile.read_text()
+    assert 'ARG TORCH_CUDA_ARCH_LIST="8.9"' in content and "ARG KT_JOBS=4" in content
+
+
+@pytest.mark.parametrize("numa, expected", [(False, None), (True, "1")])
+def test_build_script_sets_use_numa_only_when_on(numa, expected):
+    env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": "AVX2", "TORCH_CUDA_ARCH_LIST": "9.0",
+           "KT_NUMA": "1" if numa else "0", "USE_NUMA": "0"}  # a stray USE_NUMA=0 would turn NUMA on upstream
+    done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
+                          env=env, capture_output=True, text=True, check=True)
+    values = dict(line.split("=", 1) for line in done.stdout.split())
+    assert values.get("USE_NUMA") == expected
+    assert values["KTRANSFORMERS_FORCE_BUILD"] == "TRUE"
+
+
+def test_build_script_refuses_native():
+    env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": "NATIVE", "TORCH_CUDA_ARCH_LIST": "9.0"}
+    done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "NATIVE" in done.stderr
+
+
+@pytest.mark.parametrize("capture, target, ok", [
+    ("epyc-zen4-2c/cpuinfo.txt", "avx512", True),
+    ("epyc-zen4-2c/cpuinfo.txt", "amx", False),
+    ("public/ryzen9-5950x_1proc_archspec/cpuinfo.txt", "avx512", False),
+    ("public/e5-2650v2_1proc_avxonly_archspec/cpuinfo.txt", "avx2", False),
+    ("xeon-amx-h200-1s/cpuinfo.txt", "amx", True),
+    ("public/e5-2680v4_2s_linuxhw/lscpu.txt", "avx2", True),
+])
+def test_cpu_guard_on_captures(hosts_dir, capture, target, ok):
+    env = {"PATH": os.environ["PATH"], "KT_TARGET": target,
+           "KT_REQUIRED_FLAGS": " ".join(MATRIX.targets[target].requires)}
+    done = subprocess.run(["sh", str(REPO / "images/engine/cpu-guard.sh"), str(hosts_dir / capture)],
+                          env=env, capture_output=True, text=True)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 3
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"built for the {target} target" in lines[0]
+
+
+def test_cli_render_writes_context(tmp_path):
+    done = run_cli("render", "--target", "amx", "--numa", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    ctx = tmp_path / "engine-v0.3.2-amx-cu126-numa"
+    assert (ctx / "Dockerfile").is_file() and (ctx / "scripts/engine/build-ktransformers.sh").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [ctx.name]
+
+
+def test_missing_source_is_one_line(tmp_path):
+    done = run_cli("render", "--target", "avx2", "--ktransformers-src", str(tmp_path / "nope.tar.gz"),
+                   "--out", str(tmp_path / "out"))
+    assert_one_line_error(done, "--ktransformers-src", "no such file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_cli("render", "--target", "avx2", "--out", str(blocker / "build"))
+    assert_one_line_error(done, "cannot write build context")
+
+
+def test_failure_mid_render_leaves_nothing_behind(tmp_path, monkeypatch):
+    def half_then_fail(plan, context):
+        (context / "Dockerfile").write_text("FROM half\n")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(render_module, "_write_context", half_then_fail)
+    with pytest.raises(ApplianceError, match="No space left"):
+        render(plan_for("avx2"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rerender_replaces_the_old_context(tmp_path):
+    render(plan_for("avx2", jobs=1), tmp_path)
+    ctx = render(plan_for("avx2", jobs=3), tmp_path)
+    assert "ARG KT_JOBS=3" in ctx.dockerfile.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == [ctx.directory.name]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--jobs", "0"], "--jobs 0"),
+    (["--cuda-arch", "sm_90"], "--cuda-arch sm_90"),
+])
+def test_bad_build_options(tmp_path, args, fragment):
+    assert_one_line_error(run_cli("render", "--target", "avx2", *args, "--out", str(tmp_path)), fragment)
