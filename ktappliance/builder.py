@@ -109,8 +109,9 @@ def check_disk(info: dict, needed_gib: float) -> None:
 
 
 def build_command(cli: BuildKitCli, *, context: Path, tag: str, build_args: dict[str, str],
-                  secrets: dict[str, Path], target: str | None = "runtime") -> BuildCommand:
-    argv = cli.build_prefix() + ["--progress=plain", "-t", tag, "-f", str(context / "Dockerfile")]
+                  secrets: dict[str, Path], target: str | None = "runtime",
+                  dockerfile: Path | None = None) -> BuildCommand:
+    argv = cli.build_prefix() + ["--progress=plain", "-t", tag, "-f", str(dockerfile or context / "Dockerfile")]
     if target:
         argv += ["--target", target]
     for key, value in build_args.items():

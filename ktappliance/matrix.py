@@ -20,6 +20,7 @@ class Target:
     requires: tuple[str, ...]
     cpu_instruct: str
     default_line: str
+    llamacpp_cmake: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,23 @@ class Line:
 
 
 @dataclass(frozen=True)
+class LlamaCpp:
+    tag: str
+    commit: str
+    git: str
+    cpu_build_image: str
+    cpu_runtime_image: str
+    cuda_architectures: str
+    apt_build: tuple[str, ...]
+    apt_runtime: tuple[str, ...]
+    tag_scheme: str
+
+    def image_tag(self, target: str, cuda: str | None) -> str:
+        accel = f"cu{cuda.replace('.', '')}" if cuda else "cpu"
+        return self.tag_scheme.format(tag=self.tag, target=target, accel=accel)
+
+
+@dataclass(frozen=True)
 class Selection:
     """One valid point of the matrix: what a single engine image is built for."""
 
@@ -90,6 +108,17 @@ class Matrix:
     default_jobs: int
     default_numa: bool
     tag_scheme: str
+    llamacpp: LlamaCpp
+
+    def target(self, name: str) -> Target:
+        if name not in self.targets:
+            raise ApplianceError(f"unknown target {name!r}; choose one of: {', '.join(self.targets)} (or auto)")
+        return self.targets[name]
+
+    def cuda_base(self, version: str) -> CudaBase:
+        if version not in self.cuda:
+            raise ApplianceError(f"unknown CUDA version {version!r}; known: {', '.join(self.cuda)}")
+        return self.cuda[version]
 
     def valid_combinations(self) -> list[tuple[str, str, str]]:
         """(target, line, cuda) triples; NUMA on and off are valid for each."""
@@ -104,19 +133,14 @@ class Matrix:
 
     def select(self, target: str, line: str | None = None, cuda: str | None = None,
                numa: bool | None = None) -> Selection:
-        if target not in self.targets:
-            raise ApplianceError(
-                f"unknown target {target!r}; choose one of: {', '.join(self.targets)} (or auto)")
-        chosen_target = self.targets[target]
+        chosen_target = self.target(target)
         line_name = line or chosen_target.default_line
         if line_name not in self.lines:
             raise ApplianceError(
                 f"unknown KTransformers line {line_name!r}; known lines: {', '.join(self.lines)}")
         chosen_line = self.lines[line_name]
         cuda_version = cuda or chosen_line.default_cuda
-        if cuda_version not in self.cuda:
-            raise ApplianceError(
-                f"unknown CUDA version {cuda_version!r}; known: {', '.join(self.cuda)}")
+        self.cuda_base(cuda_version)
         if not _line_fits_target(chosen_line, chosen_target) or cuda_version not in chosen_line.torch_by_cuda:
             valid = "; ".join(f"--target {t} --line {l} --cuda {c}" for t, l, c in self.valid_combinations())
             raise ApplianceError(
@@ -158,7 +182,7 @@ def _parse(raw: dict) -> Matrix:
         raise ValueError("'schema: 1'")
     targets = {
         name: Target(name, str(t["description"]), tuple(t["requires"]), str(t["cpu_instruct"]),
-                     str(t["default_line"]))
+                     str(t["default_line"]), tuple(t["llamacpp_cmake"]))
         for name, t in raw["targets"].items()
     }
     cuda = {
@@ -190,7 +214,13 @@ def _parse(raw: dict) -> Matrix:
         if target.cpu_instruct.upper() == "NATIVE":
             raise ValueError(f"targets.{target.name}.cpu_instruct (NATIVE ties the image to the build host)")
     defaults = raw["defaults"]
+    llama = raw["llamacpp"]
+    llamacpp = LlamaCpp(
+        tag=str(llama["tag"]), commit=str(llama["commit"]), git=str(llama["git"]),
+        cpu_build_image=str(llama["cpu_build_image"]), cpu_runtime_image=str(llama["cpu_runtime_image"]),
+        cuda_architectures=str(llama["cuda_architectures"]), apt_build=tuple(llama["apt_build"]),
+        apt_runtime=tuple(llama["apt_runtime"]), tag_scheme=str(raw["llamacpp_tag_scheme"]))
     return Matrix(targets=targets, cuda=cuda, lines=lines,
                   torch_cuda_arch_list=str(defaults["torch_cuda_arch_list"]),
                   default_jobs=int(defaults["jobs"]), default_numa=bool(defaults["numa"]),
-                  tag_scheme=str(raw["tag_scheme"]))
+                  tag_scheme=str(raw["tag_scheme"]), llamacpp=llamacpp)

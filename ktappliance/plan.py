@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ApplianceError
-from .matrix import Selection
+from .matrix import CudaBase, LlamaCpp, Selection, Target
 
 UPSTREAM_GIT = "https://github.com/kvcache-ai/ktransformers.git"
 FLASH_ATTN_MODES = ("wheel", "skip")
@@ -22,29 +22,30 @@ class SourceSpec:
 
     @property
     def in_build(self) -> str:
-        """The KT_SOURCE value the build script sees inside the builder."""
+        """The source location the build script sees inside the builder."""
         if self.kind == "git":
             return self.location
-        return "/src/ktransformers.tar.gz"
+        return "/src/source.tar.gz"
 
     @property
     def label(self) -> str:
         return self.location if self.kind == "git" else f"local {self.kind}: {Path(self.location).name}"
 
     @classmethod
-    def from_option(cls, value: str | None) -> "SourceSpec":
+    def from_option(cls, value: str | None, *, option: str = "--ktransformers-src",
+                    default_git: str = UPSTREAM_GIT, marker: str | None = "setup.py") -> "SourceSpec":
         if not value:
-            return cls("git", UPSTREAM_GIT)
+            return cls("git", default_git)
         path = Path(value).expanduser()
         if path.is_dir():
-            if not (path / "setup.py").is_file():
-                raise ApplianceError(f"--ktransformers-src {value}: directory holds no setup.py")
+            if marker and not (path / marker).is_file():
+                raise ApplianceError(f"{option} {value}: directory holds no {marker}")
             return cls("dir", str(path.resolve()))
         if path.is_file():
             if not path.name.endswith((".tar.gz", ".tgz")):
-                raise ApplianceError(f"--ktransformers-src {value}: expected a directory or a .tar.gz")
+                raise ApplianceError(f"{option} {value}: expected a directory or a .tar.gz")
             return cls("tarball", str(path.resolve()))
-        raise ApplianceError(f"--ktransformers-src {value}: no such file or directory")
+        raise ApplianceError(f"{option} {value}: no such file or directory")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,54 @@ class BuildPlan:
             "ai.ktappliance.torch-cuda-arch-list": self.cuda_arch_list,
             "ai.ktappliance.flash-attn": self.flash_attn_pin,
         }
+
+
+@dataclass(frozen=True)
+class LlamaCppPlan:
+    """A llama.cpp server image: one CPU target, CUDA or CPU-only."""
+
+    target: Target
+    llamacpp: LlamaCpp
+    cuda: CudaBase | None
+    source: SourceSpec
+    jobs: int
+    cuda_architectures: str
+    build_image: str
+    runtime_image: str
+    network: NetworkOptions = field(default_factory=NetworkOptions)
+    image_tag: str = ""
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "ai.ktappliance.engine": "llamacpp",
+            "ai.ktappliance.target": self.target.name,
+            "ai.ktappliance.line": self.llamacpp.tag,
+            "ai.ktappliance.commit": self.llamacpp.commit,
+            "ai.ktappliance.cuda": self.cuda.version if self.cuda else "none",
+            "ai.ktappliance.numa": "false",
+            "ai.ktappliance.cpu-flags": " ".join(self.target.requires),
+            "ai.ktappliance.cuda-architectures": self.cuda_architectures if self.cuda else "none",
+        }
+
+
+def make_llamacpp_plan(target: Target, llamacpp: LlamaCpp, cuda: CudaBase | None, *, source: str | None = None,
+                       jobs: int | None = None, default_jobs: int = 2, cuda_architectures: str | None = None,
+                       base_image: str | None = None, runtime_base_image: str | None = None,
+                       network: NetworkOptions | None = None, tag: str | None = None) -> LlamaCppPlan:
+    if jobs is not None and jobs < 1:
+        raise ApplianceError(f"--jobs {jobs}: must be 1 or more")
+    archs = cuda_architectures or llamacpp.cuda_architectures
+    if not all(a.isdigit() for a in archs.split(";")):
+        raise ApplianceError(f"--cuda-arch {archs}: llama.cpp takes CMake CUDA architectures like 86;90")
+    return LlamaCppPlan(
+        target=target, llamacpp=llamacpp, cuda=cuda,
+        source=SourceSpec.from_option(source, option="--llamacpp-src", default_git=llamacpp.git, marker=None),
+        jobs=jobs or default_jobs, cuda_architectures=archs,
+        build_image=base_image or (cuda.devel_image if cuda else llamacpp.cpu_build_image),
+        runtime_image=runtime_base_image or (cuda.runtime_image if cuda else llamacpp.cpu_runtime_image),
+        network=network or NetworkOptions(),
+        image_tag=tag or llamacpp.image_tag(target.name, cuda.version if cuda else None),
+    )
 
 
 def make_plan(selection: Selection, *, source: str | None = None, cuda_arch_list: str | None = None,

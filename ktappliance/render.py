@@ -20,7 +20,7 @@ import jinja2
 
 from .errors import ApplianceError
 from .paths import IMAGES_DIR, TEMPLATES_DIR
-from .plan import BuildPlan
+from .plan import BuildPlan, LlamaCppPlan
 
 CONTEXT_IGNORE = "secrets/\nbuild-command.sh\n"
 
@@ -29,7 +29,7 @@ CONTEXT_IGNORE = "secrets/\nbuild-command.sh\n"
 class RenderedContext:
     directory: Path
     dockerfile: Path
-    plan: BuildPlan
+    plan: BuildPlan | LlamaCppPlan
 
 
 def context_name(image_tag: str) -> str:
@@ -44,6 +44,31 @@ def template_environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+def render_llamacpp_dockerfile(plan: LlamaCppPlan) -> str:
+    template = template_environment().get_template("llamacpp.Dockerfile.j2")
+    return template.render(
+        target=plan.target, llamacpp=plan.llamacpp, cuda=plan.cuda, source=plan.source, jobs=plan.jobs,
+        cuda_architectures=plan.cuda_architectures, build_image=plan.build_image,
+        runtime_image=plan.runtime_image, labels=plan.labels(),
+    )
+
+
+def llamacpp_record(plan: LlamaCppPlan) -> dict:
+    return {
+        "image": plan.image_tag,
+        "engine": "llamacpp",
+        "target": plan.target.name,
+        "llamacpp": plan.llamacpp.tag,
+        "commit": plan.llamacpp.commit,
+        "cuda": plan.cuda.version if plan.cuda else None,
+        "jobs": plan.jobs,
+        "source": {"kind": plan.source.kind, "location": plan.source.label},
+        "build_image": plan.build_image,
+        "runtime_image": plan.runtime_image,
+        "labels": plan.labels(),
+    }
 
 
 def render_dockerfile(plan: BuildPlan) -> str:
@@ -79,7 +104,7 @@ def plan_record(plan: BuildPlan) -> dict:
     }
 
 
-def _deterministic_tarball(source_dir: Path, destination: Path) -> None:
+def _deterministic_tarball(source_dir: Path, destination: Path, top: str = "source") -> None:
     """Pack a source tree so that the same tree always gives the same bytes
     (sorted names, zeroed times and owners), keeping BuildKit's cache valid."""
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -99,7 +124,7 @@ def _deterministic_tarball(source_dir: Path, destination: Path) -> None:
                 path = Path(root) / name
                 if path.is_dir() and not path.is_symlink():
                     continue
-                arcname = str(Path("ktransformers") / path.relative_to(source_dir))
+                arcname = str(Path(top) / path.relative_to(source_dir))
                 info = clean(tar.gettarinfo(str(path), arcname))
                 if info is None:
                     continue
@@ -118,21 +143,25 @@ def _copy_scripts(context: Path, images: tuple[str, ...]) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
 
 
-def _write_context(plan: BuildPlan, context: Path) -> None:
-    (context / "Dockerfile").write_text(render_dockerfile(plan))
+def _write_context(plan: BuildPlan | LlamaCppPlan, context: Path) -> None:
+    if isinstance(plan, LlamaCppPlan):
+        dockerfile, record, scripts = render_llamacpp_dockerfile(plan), llamacpp_record(plan), ("common", "llamacpp")
+    else:
+        dockerfile, record, scripts = render_dockerfile(plan), plan_record(plan), ("common", "engine")
+    (context / "Dockerfile").write_text(dockerfile)
     (context / ".dockerignore").write_text(CONTEXT_IGNORE)
-    (context / "plan.json").write_text(json.dumps(plan_record(plan), indent=2, sort_keys=True) + "\n")
-    _copy_scripts(context, ("common", "engine"))
+    (context / "plan.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    _copy_scripts(context, scripts)
     if plan.source.kind != "git":
         (context / "src").mkdir()
-        target = context / "src" / "ktransformers.tar.gz"
+        target = context / "src" / "source.tar.gz"
         if plan.source.kind == "tarball":
             shutil.copyfile(plan.source.location, target)
         else:
             _deterministic_tarball(Path(plan.source.location), target)
 
 
-def render(plan: BuildPlan, out_root: Path) -> RenderedContext:
+def render(plan: BuildPlan | LlamaCppPlan, out_root: Path) -> RenderedContext:
     out_root = Path(out_root)
     final = out_root / context_name(plan.image_tag)
     try:

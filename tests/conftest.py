@@ -31,3 +31,40 @@ def hosts_dir() -> Path:
     if not HOSTS.is_dir():
         pytest.fail(f"host captures not found at {HOSTS} (set KTA_SHARED)")
     return HOSTS
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The tiny real GGUF model, single-file and split in three shards."""
+    from support.tiny_gguf import write_test_models
+    out = tmp_path_factory.mktemp("models")
+    paths = write_test_models(out)
+    out.chmod(0o755)
+    for path in out.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return {"dir": out, **paths}
+
+
+# ---------------------------------------------------------------- Docker tiers
+# Each image is built once per run (session fixtures) and shared by the tests
+# of both tiers that need it.
+LLAMACPP_TAG = "kta-test/llamacpp:b11312-avx2-cpu"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from support import dockerenv
+    return dockerenv.docker_client()
+
+
+@pytest.fixture(scope="session")
+def bases(docker_client):
+    from support import dockerenv
+    dockerenv.ensure_bases()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_image(bases, docker_client):
+    from support import dockerenv
+    dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG), log_name="llamacpp-avx2-cpu")
+    return docker_client.images.get(LLAMACPP_TAG)

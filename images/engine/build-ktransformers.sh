@@ -66,7 +66,8 @@ esac
 
 echo "build-ktransformers: CPU_INSTRUCT=$CPU_INSTRUCT USE_NUMA=${USE_NUMA:-<unset>} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST jobs=$jobs"
 cd "$workdir"
-PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel --no-build-isolation --no-deps -w "$wheels" .
+# -v: the compile takes many minutes; its lines are the progress.
+PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
 
 case "${KT_FLASH_ATTN:-skip}" in
     skip) echo "build-ktransformers: flash-attn skipped (KT_FLASH_ATTN=skip)" ;;

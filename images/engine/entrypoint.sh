@@ -4,7 +4,7 @@
 # the server; any other command runs instead of it (e.g. `bash`).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-"$here/cpu-guard.sh"
+"$here/../common/cpu-guard.sh"
 
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec "$@"

@@ -17,10 +17,10 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 if [ -n "${KT_TORCH_INDEX:-}" ]; then
-    "$venv/bin/pip" install -q "torch==$KT_TORCH" --index-url "$KT_TORCH_INDEX" \
+    "$venv/bin/pip" install --progress-bar off "torch==$KT_TORCH" --index-url "$KT_TORCH_INDEX" \
         --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}"
 else
-    "$venv/bin/pip" install -q "torch==$KT_TORCH"
+    "$venv/bin/pip" install --progress-bar off "torch==$KT_TORCH"
 fi
 # shellcheck disable=SC2086
 "$venv/bin/pip" install -q $KT_BUILD_PIP

@@ -22,10 +22,10 @@ for wheel in "$wheels"/*.whl; do
     set -- "$@" "$wheel"
 done
 if [ -n "${KT_TORCH_INDEX:-}" ]; then
-    "$venv/bin/pip" install -q "$@" --index-url "$KT_TORCH_INDEX" \
+    "$venv/bin/pip" install --progress-bar off "$@" --index-url "$KT_TORCH_INDEX" \
         --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}"
 else
-    "$venv/bin/pip" install -q "$@"
+    "$venv/bin/pip" install --progress-bar off "$@"
 fi
 "$venv/bin/python" "$here/check-libstdcxx.py"
 if [ -n "${KT_USER:-}" ] && ! id "$KT_USER" >/dev/null 2>&1; then

@@ -10,6 +10,17 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 docker_cli=${KTA_DOCKER_CLI:-docker}
+# BuildKit: the buildx plugin where it exists, else a pre-23 CLI (Debian's
+# docker.io) that runs BuildKit itself with DOCKER_BUILDKIT=1.
+if "$docker_cli" buildx version >/dev/null 2>&1; then
+    build=("$docker_cli" buildx build --load)
+else
+    for cli in "$docker_cli" /usr/bin/docker; do
+        major=$("$cli" --version 2>/dev/null | sed -n 's/^Docker version \([0-9]*\)\..*/\1/p')
+        if [ -n "$major" ] && [ "$major" -lt 23 ]; then build=("$cli" build); break; fi
+    done
+    [ -n "${build+x}" ] || { echo "build-bases: no BuildKit-capable docker CLI" >&2; exit 1; }
+fi
 
 have_image() { "$docker_cli" image inspect "$1" >/dev/null 2>&1; }
 
@@ -29,15 +40,16 @@ if ! have_image "$debian"; then
 fi
 
 build_secret=()
-if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
-    build_secret=(--secret "id=ca_bundle,src=$PIP_CERT")
+ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+if [ -f "$ca_bundle" ]; then
+    build_secret=(--secret "id=ca_bundle,src=$ca_bundle")
 fi
 for flavour in devel runtime; do
     tag=kta-test/cuda:13.0-$flavour
     have_image "$tag" && continue
     echo "build-bases: building $tag" >&2
-    DOCKER_BUILDKIT=1 "$docker_cli" build -q "${build_secret[@]}" \
+    DOCKER_BUILDKIT=1 "${build[@]}" --progress=plain "${build_secret[@]}" \
         --build-arg "DEBIAN_IMAGE=$debian" --target "$flavour" \
-        -t "$tag" -f "$here/bases/cuda13.Dockerfile" "$here/bases" >/dev/null
+        -t "$tag" -f "$here/bases/cuda13.Dockerfile" "$here/bases"
 done
 echo "build-bases: ready" >&2

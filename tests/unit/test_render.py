@@ -70,8 +70,8 @@ def test_render_is_deterministic_including_a_source_dir(tmp_path):
         digests.append({p.relative_to(ctx.directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in sorted(ctx.directory.rglob("*")) if p.is_file()})
     assert digests[0] == digests[1]
-    with tarfile.open(tmp_path / "a" / "engine-v0.2.3-avx2-cu124-nonuma" / "src" / "ktransformers.tar.gz") as tar:
-        assert "ktransformers/setup.py" in tar.getnames()
+    with tarfile.open(tmp_path / "a" / "engine-v0.2.3-avx2-cu124-nonuma" / "src" / "source.tar.gz") as tar:
+        assert "source/setup.py" in tar.getnames()
 
 
 def test_local_source_is_bind_mounted_not_copied(tmp_path):
@@ -80,7 +80,7 @@ def test_local_source_is_bind_mounted_not_copied(tmp_path):
         tar.add(REPO / "build.py", arcname="ktransformers-0.2.3/setup.py")
     content = render(plan_for("avx512", source=str(tarball)), tmp_path / "out").dockerfile.read_text()
     assert "--mount=type=bind,source=src,target=/src" in content
-    assert 'KT_SOURCE="/src/ktransformers.tar.gz"' in content
+    assert 'KT_SOURCE="/src/source.tar.gz"' in content
     git_content = render(plan_for("avx512"), tmp_path / "git").dockerfile.read_text()
     assert "type=bind,source=src" not in git_content
     assert 'KT_SOURCE="https://github.com/kvcache-ai/ktransformers.git" KT_TAG="v0.2.3"' in git_content
@@ -120,7 +120,7 @@ def test_build_script_refuses_native():
 def test_cpu_guard_on_captures(hosts_dir, capture, target, ok):
     env = {"PATH": os.environ["PATH"], "KT_TARGET": target,
            "KT_REQUIRED_FLAGS": " ".join(MATRIX.targets[target].requires)}
-    done = subprocess.run(["sh", str(REPO / "images/engine/cpu-guard.sh"), str(hosts_dir / capture)],
+    done = subprocess.run(["sh", str(REPO / "images/common/cpu-guard.sh"), str(hosts_dir / capture)],
                           env=env, capture_output=True, text=True)
     if ok:
         assert done.returncode == 0, done.stderr

@@ -13,6 +13,16 @@ RUN --mount=type=secret,id=ca_bundle \
     pip3 install --break-system-packages --no-deps --target /opt/cudawheels \
         nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
         nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96
+# The math libraries' headers, which torch's ATen/cuda headers include; the
+# versions are those torch 2.14.1's cuda-toolkit 13.0.3 pins. Their libraries
+# come with torch itself, so only include/ is kept.
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    pip3 install --break-system-packages --no-deps --target /opt/mathwheels \
+        nvidia-cublas==13.1.1.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66 \
+        nvidia-cufft==12.0.0.61 nvidia-curand==10.4.0.35 \
+    && cp -rn /opt/mathwheels/nvidia/cu13/include/. /opt/cudawheels/nvidia/cu13/include/ \
+    && rm -rf /opt/mathwheels
 RUN mv /opt/cudawheels/nvidia/cu13 /usr/local/cuda-13.0 \
     && cd /usr/local/cuda-13.0 \
     && ln -s lib lib64 \

@@ -1,0 +1,26 @@
+#!/bin/sh
+# llama.cpp engine entrypoint: check the CPU and the model, then start
+# llama-server. Settings come from llama-server's own LLAMA_ARG_* variables
+# (LLAMA_ARG_MODEL, LLAMA_ARG_N_GPU_LAYERS, LLAMA_ARG_CTX_SIZE, ...); a split
+# GGUF is given by its first shard and the rest are found next to it.
+# Arguments starting with "-" go to llama-server; another command runs instead.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/../common/cpu-guard.sh"
+
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    exec "$@"
+fi
+model=${LLAMA_ARG_MODEL:-}
+if [ -z "$model" ]; then
+    echo "ktappliance: no model given: set LLAMA_ARG_MODEL to the .gguf file (the first shard of a split model)" >&2
+    exit 2
+fi
+if [ ! -f "$model" ]; then
+    echo "ktappliance: model file $model not found: mount the model directory and point LLAMA_ARG_MODEL at the .gguf (first shard of a split model)" >&2
+    exit 2
+fi
+if [ -x "$here/model-check" ] && [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
+    "$here/model-check" "$model" || exit 2
+fi
+exec /opt/llama.cpp/bin/llama-server "$@"

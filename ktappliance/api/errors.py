@@ -1,0 +1,47 @@
+"""OpenAI-style error bodies: {"error": {"message", "type", "code", "param"}}."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": None}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    def sse_event(self) -> bytes:
+        """The same error inside an event stream that has already started."""
+        return f"data: {json.dumps(self.body())}\n\n".encode()
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "invalid_request_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+
+def bad_request(message: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, message, "invalid_request_error", code)
+
+
+def engine_down(detail: str) -> ApiError:
+    return ApiError(503, f"the engine is not reachable ({detail}); it may still be loading the model",
+                    "engine_unavailable", "engine_unavailable", {"Retry-After": "10"})
+
+
+def engine_stalled(seconds: float) -> ApiError:
+    return ApiError(504, f"the engine sent nothing for {seconds:g} s", "engine_timeout", "engine_timeout")
+
+
+def engine_failed(detail: str) -> ApiError:
+    return ApiError(502, f"the engine failed mid-answer ({detail})", "engine_error", "engine_error")

@@ -1,0 +1,122 @@
+"""Docker helpers shared by the image and stack tiers: the engine check, the
+stand-in bases, cached source downloads, and image builds made once per run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOG_DIR = REPO / "build" / "test-logs"
+CACHE_DIR = Path(os.environ.get("KTA_TEST_CACHE", Path.home() / ".cache" / "ktappliance-test"))
+DEBIAN_BASE = "kta-test/debian:bookworm"
+CUDA_DEVEL_BASE = "kta-test/cuda:13.0-devel"
+CUDA_RUNTIME_BASE = "kta-test/cuda:13.0-runtime"
+CA_BUNDLE = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def docker_client():
+    """The SDK client, or a failure (CI) / skip (a developer's laptop) when
+    no Docker engine answers."""
+    try:
+        import docker
+        client = docker.from_env(timeout=60)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        message = f"no Docker engine: {exc}".splitlines()[0]
+        if in_ci():
+            pytest.fail(message + " (CI=true: run tests/support/ensure-docker.sh first)")
+        pytest.skip(message)
+
+
+def run_logged(argv: list[str], log_name: str, *, env: dict | None = None, timeout: int = 3600) -> float:
+    """Run a long step with its output in build/test-logs/NAME.log; fail the
+    test with the log's tail when it fails. Returns the seconds it took."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{log_name}.log"
+    started = time.monotonic()
+    print(f"\n[{log_name}] {' '.join(argv)}  (log: {log})", file=sys.stderr)
+    with open(log, "w") as handle:
+        done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, **(env or {})}, timeout=timeout)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        pytest.fail(f"{log_name} failed (exit {done.returncode}) after {took:.0f}s:\n{tail}")
+    print(f"[{log_name}] done in {took:.0f}s", file=sys.stderr)
+    return took
+
+
+def ensure_bases() -> None:
+    run_logged(["bash", str(REPO / "tests/support/build-bases.sh")], "bases", timeout=1800)
+
+
+def pypi_sdist(name: str, version: str) -> Path:
+    """A source distribution from PyPI, downloaded once per machine and checked
+    against PyPI's sha256. (pip download would run the sdist's setup.py, and
+    ktransformers' imports torch.)"""
+    import hashlib
+    import json
+    import shutil
+    import ssl
+    import urllib.request
+
+    target = CACHE_DIR / "sdists"
+    target.mkdir(parents=True, exist_ok=True)
+    context = ssl.create_default_context(cafile=CA_BUNDLE if Path(CA_BUNDLE).is_file() else None)
+    request = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, context=context, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    wanted = {f"{name.replace('-', '_')}-{version}.tar.gz", f"{name}-{version}.tar.gz"}
+    sdist = next(f for f in files if f["filename"] in wanted)
+    path = target / sdist["filename"]
+    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sdist["hashes"]["sha256"]:
+        return path
+    partial = path.with_suffix(".part")
+    with urllib.request.urlopen(sdist["url"], context=context, timeout=300) as resp, open(partial, "wb") as out:
+        shutil.copyfileobj(resp, out)
+    assert hashlib.sha256(partial.read_bytes()).hexdigest() == sdist["hashes"]["sha256"], "sdist checksum mismatch"
+    partial.replace(path)
+    return path
+
+
+def build_py(*args: str, log_name: str) -> float:
+    return run_logged([sys.executable, str(REPO / "build.py"), *args], log_name)
+
+
+def published_port(container, port: str) -> int:
+    container.reload()
+    return int(container.ports[port][0]["HostPort"])
+
+
+def wait_healthy(container, timeout: float = 300) -> None:
+    """Until Docker's own HEALTHCHECK says healthy; fail with the logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        state = container.attrs["State"]
+        if state.get("Health", {}).get("Status") == "healthy":
+            return
+        if state["Status"] in ("exited", "dead"):
+            break
+        time.sleep(1)
+    logs = container.logs(tail=40).decode(errors="replace")
+    pytest.fail(f"{container.name} not healthy (state {container.attrs['State'].get('Status')}):\n{logs}")
+
+
+def llamacpp_build_args(tag: str) -> list[str]:
+    sdist = pypi_sdist("llama-cpp-python", "0.3.36")
+    return ["--engine", "llamacpp", "--target", "avx2", "--cpu-only", "--llamacpp-src", str(sdist),
+            "--base-image", DEBIAN_BASE, "--runtime-base-image", DEBIAN_BASE, "--jobs", "2",
+            "--ca-cert", CA_BUNDLE, "--tag", tag, "--min-free-gb", "10"]
