@@ -30,7 +30,23 @@ def build_command(rec: Recommendation) -> str | None:
     return f"python build.py --target {rec.target}" + (" --numa" if rec.numa else "")
 
 
-def as_json(facts: HostFacts, rec: Recommendation) -> str:
+def what_fits(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> dict[str, dict]:
+    """Each catalogue quant against this host, for the engine it would run on."""
+    from .catalogue import load_catalogue
+    from .sizing import plan_fit
+    out = {}
+    for model in load_catalogue().values():
+        for quant in model.quants.values():
+            engine = "ktransformers" if rec.target and facts.gpus else "llamacpp"
+            line = matrix.select(rec.target, numa=rec.numa).line if engine == "ktransformers" else None
+            fit = plan_fit(facts, model, quant.size_bytes, set(quant.needs_types), engine=engine, line=line,
+                           numa=rec.numa, amx_target=rec.target == "amx")
+            out[f"{model.name} {quant.name}"] = {"engine": engine, "fits": fit.fits,
+                                                 "ram_needed_gb": round(fit.ram_needed_gb)}
+    return out
+
+
+def as_json(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
     host = asdict(facts)
     host["flags"] = {flag: flag in facts.flags for flag in FLAGS_OF_INTEREST}
     payload = {
@@ -38,6 +54,7 @@ def as_json(facts: HostFacts, rec: Recommendation) -> str:
         "numa": rec.numa,
         "reasons": rec.reasons,
         "build_command": build_command(rec),
+        "fits": what_fits(facts, rec, matrix),
         "host": host,
     }
     return json.dumps(payload, indent=2)
@@ -76,4 +93,8 @@ def as_text(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
     command = build_command(rec)
     if command:
         out.append(f"Build it:  {command}")
+    out.append("What fits (python build.py plan --quant Q for details):")
+    for name, fit in what_fits(facts, rec, matrix).items():
+        verdict = "fits" if fit["fits"] else "does not fit"
+        out.append(f"  {name}: {verdict} with {fit['engine']} (needs ~{fit['ram_needed_gb']} GB RAM)")
     return "\n".join(out)

@@ -79,6 +79,14 @@ class LlamaCpp:
 
 
 @dataclass(frozen=True)
+class StackDefaults:
+    webui_version: str
+    webui_image: str
+    webui_pypi_tag: str
+    api_image: str
+
+
+@dataclass(frozen=True)
 class Selection:
     """One valid point of the matrix: what a single engine image is built for."""
 
@@ -109,6 +117,7 @@ class Matrix:
     default_numa: bool
     tag_scheme: str
     llamacpp: LlamaCpp
+    stack: StackDefaults
 
     def target(self, name: str) -> Target:
         if name not in self.targets:
@@ -223,4 +232,5 @@ def _parse(raw: dict) -> Matrix:
     return Matrix(targets=targets, cuda=cuda, lines=lines,
                   torch_cuda_arch_list=str(defaults["torch_cuda_arch_list"]),
                   default_jobs=int(defaults["jobs"]), default_numa=bool(defaults["numa"]),
-                  tag_scheme=str(raw["tag_scheme"]), llamacpp=llamacpp)
+                  tag_scheme=str(raw["tag_scheme"]), llamacpp=llamacpp,
+                  stack=StackDefaults(**{k: str(v) for k, v in raw["stack"].items()}))

@@ -48,7 +48,8 @@ def tiny_models(tmp_path_factory):
 # ---------------------------------------------------------------- Docker tiers
 # Each image is built once per run (session fixtures) and shared by the tests
 # of both tiers that need it.
-LLAMACPP_TAG = "kta-test/llamacpp:b11312-avx2-cpu"
+from support.settings import (API_TAG, ENGINE_NUMA_TAG, ENGINE_TAG, LLAMACPP_TAG, WEBUI_TAG,  # noqa: E402
+                              engine_build_args)
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +69,35 @@ def llamacpp_image(bases, docker_client):
     from support import dockerenv
     dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG), log_name="llamacpp-avx2-cpu")
     return docker_client.images.get(LLAMACPP_TAG)
+
+
+def _build_component(name: str, tag: str, docker_client):
+    from support import dockerenv
+    dockerenv.build_py(name, "--base-image", dockerenv.DEBIAN_BASE, "--ca-cert", dockerenv.CA_BUNDLE,
+                       "--tag", tag, "--min-free-gb", "5", log_name=name)
+    return docker_client.images.get(tag)
+
+
+@pytest.fixture(scope="session")
+def api_image(bases, docker_client):
+    return _build_component("api", API_TAG, docker_client)
+
+
+@pytest.fixture(scope="session")
+def webui_image(bases, docker_client):
+    return _build_component("webui", WEBUI_TAG, docker_client)
+
+
+@pytest.fixture(scope="session")
+def engine_image(bases, docker_client):
+    from support import dockerenv
+    dockerenv.build_py(*engine_build_args(ENGINE_TAG, numa=False), log_name="engine-avx2")
+    return docker_client.images.get(ENGINE_TAG)
+
+
+@pytest.fixture(scope="session")
+def engine_numa_image(engine_image, docker_client):
+    # Built after the non-NUMA image so that the ccache mount serves the CUDA part.
+    from support import dockerenv
+    dockerenv.build_py(*engine_build_args(ENGINE_NUMA_TAG, numa=True), log_name="engine-avx2-numa")
+    return docker_client.images.get(ENGINE_NUMA_TAG)

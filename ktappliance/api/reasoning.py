@@ -10,7 +10,7 @@ Rules, in order:
 - output that starts with "<think>" (after whitespace) is reasoning until
   "</think>", streamed as it comes;
 - otherwise, when the prompt is known to open the block (`opened=True`),
-  the same from the first character;
+  the same from the first character (an opening tag the model repeats is dropped);
 - otherwise the text is held until "</think>" shows it was reasoning, or the
   end shows it was all answer.
 """
@@ -42,7 +42,8 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 class ReasoningSplitter:
     def __init__(self, opened: bool = False):
-        self.state = "reasoning" if opened else "start"
+        self.opened = opened
+        self.state = "start"
         self.pending = ""  # text not yet classified
         self.skip_newlines = False  # newlines right after a tag belong to neither side
 
@@ -65,7 +66,7 @@ class ReasoningSplitter:
                     continue
                 if OPEN.startswith(stripped):
                     return out  # maybe the opening tag, still arriving
-                self.state = "undecided"
+                self.state = "reasoning" if self.opened else "undecided"
                 continue
             if self.state == "undecided":
                 index = self.pending.find(CLOSE)

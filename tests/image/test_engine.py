@@ -12,7 +12,7 @@ import pytest
 import testinfra
 
 from support import dockerenv
-from conftest import ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
+from support.settings import ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
 
 pytestmark = pytest.mark.image
 SITE = "/opt/venv/lib/python3.11/site-packages"

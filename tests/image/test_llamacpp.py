@@ -8,7 +8,7 @@ import pytest
 import testinfra
 
 from support import dockerenv
-from conftest import LLAMACPP_TAG
+from support.settings import LLAMACPP_TAG
 
 pytestmark = pytest.mark.image
 

@@ -78,3 +78,7 @@ def test_answer_after_reasoning_streams_unchanged():
     splitter = ReasoningSplitter()
     splitter.feed("<think>a</think>")
     assert splitter.feed("<b>bold</b> and </think>").content == "<b>bold</b> and </think>"
+
+
+def test_opened_template_tolerates_a_repeated_opening_tag():
+    assert run(["<thi", "nk>\nhmm</think>", "ok"], opened=True) == ("hmm", "ok")

@@ -1,0 +1,164 @@
+"""The compose stack end to end, as a user runs it: `build.py configure` writes
+the settings, plain `docker compose up --wait` starts engine + API +
+Open-WebUI, and requests go UI -> API -> engine.
+
+Stand-ins: the llama.cpp CPU engine on the tiny GGUF model (no GPU here) and
+Open-WebUI built from PyPI (no ghcr.io here); the compose file is the real one."""
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import testinfra
+
+from support import dockerenv
+from conftest import REPO, run_cli
+from support.settings import API_TAG, LLAMACPP_TAG, WEBUI_TAG
+
+pytestmark = pytest.mark.stack
+PROJECT = "kta-stack-test"
+ADMIN = {"name": "Admin", "email": "admin@example.com", "password": "correct-horse-battery"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compose(env_file: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "compose", "-p", PROJECT, "--env-file", str(env_file), *args],
+                          cwd=REPO / "compose", capture_output=True, text=True, timeout=timeout)
+
+
+def read_env(path: Path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+
+
+@pytest.fixture(scope="module")
+def stack(llamacpp_image, api_image, webui_image, tiny_models, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("stack-models")
+    (model_dir / "gguf").mkdir()
+    split_dir = tiny_models["split_first"].parent
+    subprocess.run(["cp", "-r", str(split_dir), str(model_dir / "gguf")], check=True)
+    for path in [model_dir, *model_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env_file = tmp_path_factory.mktemp("stack-env") / "stack.env"
+    api_port, webui_port = free_port(), free_port()
+    done = run_cli("configure", "--engine", "llamacpp", "--cpu-only", "--target", "avx2",
+                   "--engine-image", LLAMACPP_TAG, "--api-image", API_TAG, "--webui-image", WEBUI_TAG,
+                   "--model-dir", str(model_dir), "--gpus", "none", "--api-port", str(api_port),
+                   "--webui-port", str(webui_port), "--ctx-size", "2048", "--env-file", str(env_file))
+    assert done.returncode == 0, done.stderr
+    compose(env_file, "down", "-v")
+    started = time.monotonic()
+    up = compose(env_file, "up", "-d", "--wait", "--wait-timeout", "600")
+    took = time.monotonic() - started
+    assert up.returncode == 0, up.stdout + up.stderr + compose(env_file, "logs", "--tail", "60").stdout
+    info = {"env_file": env_file, "env": read_env(env_file), "api": f"http://127.0.0.1:{api_port}",
+            "webui": f"http://127.0.0.1:{webui_port}", "up_seconds": took, "model_dir": model_dir}
+    (REPO / "build").mkdir(exist_ok=True)
+    (REPO / "build" / "stack-timing.json").write_text(json.dumps({"up_to_healthy_s": round(took, 1)}))
+    try:
+        yield info
+    finally:
+        compose(env_file, "down", "-v")
+
+
+def container(stack, service):
+    cid = compose(stack["env_file"], "ps", "-q", service).stdout.strip()
+    assert cid, f"no {service} container"
+    return cid
+
+
+def signin(stack) -> str:
+    with httpx.Client(base_url=stack["webui"], timeout=60) as http:
+        response = http.post("/api/v1/auths/signin", json={"email": ADMIN["email"], "password": ADMIN["password"]})
+        if response.status_code != 200:
+            response = http.post("/api/v1/auths/signup", json=ADMIN)
+        assert response.status_code == 200, response.text
+        return response.json()["token"]
+
+
+def test_settings_file_is_private_and_complete(stack):
+    assert stack["env_file"].stat().st_mode & 0o777 == 0o600
+    assert Path(stack["env"]["ENGINE_ENV_FILE"]).stat().st_mode & 0o777 == 0o600
+    assert stack["env"]["API_KEY"].startswith("sk-kta-")
+
+
+def test_chat_through_open_webui_reaches_the_engine(stack):
+    token = signin(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=stack["webui"], headers=headers, timeout=120) as http:
+        models = http.get("/api/models").json()["data"]
+        assert "DeepSeek-R1" in [m["id"] for m in models]
+        body = {"model": "DeepSeek-R1", "stream": True, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hello"}]}
+        text = ""
+        with http.stream("POST", "/api/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    event = json.loads(line[6:])
+                    for choice in event.get("choices", []):
+                        text += (choice.get("delta") or {}).get("content") or ""
+        assert text
+    metrics = httpx.get(stack["api"] + "/metrics").text
+    assert 'kta_api_requests_total{endpoint="chat",status="200"}' in metrics  # it went through the API
+
+
+def test_openai_client_through_the_api(stack):
+    client = openai.OpenAI(base_url=stack["api"] + "/v1", api_key=stack["env"]["API_KEY"], timeout=60)
+    reply = client.chat.completions.create(model="DeepSeek-R1", max_tokens=8,
+                                           messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content is not None
+
+
+def test_api_refuses_without_the_key(stack):
+    response = httpx.post(stack["api"] + "/v1/chat/completions",
+                          json={"model": "DeepSeek-R1", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_engine_is_not_published(stack):
+    assert compose(stack["env_file"], "port", "engine", "8080").stdout.strip() == ""
+    ports = subprocess.run(["docker", "port", container(stack, "engine")], capture_output=True, text=True).stdout
+    assert ports.strip() == ""
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 8080), timeout=2).close()
+
+
+def test_containers_with_testinfra(stack):
+    engine = testinfra.get_host(f"docker://{container(stack, 'engine')}")
+    assert engine.process.get(comm="llama-server").user == "llama"
+    assert "ro" in engine.mount_point("/models").options
+    assert engine.socket("tcp://0.0.0.0:8080").is_listening
+    api = testinfra.get_host(f"docker://{container(stack, 'api')}")
+    assert api.process.get(comm="python").user == "kta"
+    assert api.socket("tcp://0.0.0.0:10002").is_listening
+    webui = testinfra.get_host(f"docker://{container(stack, 'webui')}")
+    assert webui.user().name == "webui"
+    assert webui.socket("tcp://0.0.0.0:8080").is_listening
+    assert webui.mount_point("/app/backend/data").exists
+
+
+def test_account_and_chats_survive_down_and_up(stack):
+    token = signin(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    title = "kept-" + uuid.uuid4().hex[:6]
+    chat = {"chat": {"title": title, "models": ["DeepSeek-R1"],
+                     "messages": [{"role": "user", "content": "hello"}]}}
+    response = httpx.post(stack["webui"] + "/api/v1/chats/new", json=chat, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert compose(stack["env_file"], "down").returncode == 0
+    up = compose(stack["env_file"], "up", "-d", "--wait", "--wait-timeout", "600")
+    assert up.returncode == 0, up.stderr
+    token = signin(stack)  # signin, not signup: the account is still there
+    chats = httpx.get(stack["webui"] + "/api/v1/chats/", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert title in [c["title"] for c in chats.json()]
