@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -146,6 +147,13 @@ def make_parser(command: str) -> argparse.ArgumentParser:
     _add_build_options(parser)
     stackcli.add_configure_options(parser)
     parser.add_argument("--no-configure", action="store_true", help="do not write compose/.env after the build")
+    autodl = parser.add_argument_group("AutoDL")
+    autodl.add_argument("--autodl", action="store_true",
+                        help="also build the all-in-one image (engine + API + Open-WebUI under supervisord; UI 6006, API 6008)")
+    autodl.add_argument("--export", action="store_true", help="with --autodl: docker save it to build/autodl/*.tar.gz "
+                        "with its sha256 and a manifest")
+    autodl.add_argument("--bundle", action="store_true", help="with --autodl: write the native bundle (setup.sh) "
+                        "for an AutoDL instance instead of building images")
     return parser
 
 
@@ -226,8 +234,51 @@ def _build_args(plan) -> dict[str, str]:
     return build_args
 
 
+def _bundle_settings(plan) -> dict[str, str]:
+    matrix = load_matrix()
+    if isinstance(plan, LlamaCppPlan):
+        target = plan.target
+        values = {"LLAMA_TAG": plan.llamacpp.tag, "LLAMA_COMMIT": plan.llamacpp.commit,
+                  "LLAMA_CPU_CMAKE": " ".join(target.llamacpp_cmake),
+                  "LLAMA_CUDA_ARCHS": plan.cuda_architectures if plan.cuda else ""}
+    else:
+        sel = plan.selection
+        target = sel.target
+        values = {"KT_TAG": sel.line.tag, "KT_COMMIT": sel.line.commit, "CPU_INSTRUCT": target.cpu_instruct,
+                  "KT_NUMA": "1" if sel.numa else "0", "TORCH_CUDA_ARCH_LIST": plan.cuda_arch_list,
+                  "KT_FLASH_ATTN": plan.flash_attn_pin, "KT_APT_BUILD": " ".join(sel.line.apt_build),
+                  "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_TORCH": sel.torch.version,
+                  "KT_TORCH_INDEX": sel.torch.index_url, "KT_BUILD_PIP": " ".join(sel.line.build_pip),
+                  "KT_QUANT_TYPES": ",".join(sel.line.quant_types),
+                  "KT_SERVER_FEATURES": " ".join(n for n, on in (("force_think", sel.line.supports_force_think),
+                                                                 ("auth", sel.line.supports_api_key)) if on)}
+    values.update({"KTA_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
+                   "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(getattr(plan, "jobs", 2))})
+    return {k: shlex.quote(v) for k, v in values.items()}
+
+
+def cmd_bundle(args, plan) -> int:
+    from . import autodl
+    llama = isinstance(plan, LlamaCppPlan)
+    kind = "llamacpp" if llama else "ktransformers"
+    source = args.llamacpp_src if llama else args.ktransformers_src
+    target = plan.target.name if llama else plan.selection.target.name
+    if args.dry_run:
+        print(f"# write the AutoDL bundle for {kind} {target} into {Path(args.out) / 'autodl'}")
+        return 0
+    bundle = autodl.write_bundle(Path(args.out) / "autodl", engine=kind, target=target,
+                                 settings=_bundle_settings(plan),
+                                 extra_files=autodl.copy_source_into(source, kind))
+    print(f"wrote {bundle}: copy it to the instance, then: tar xzf {bundle.name} && sh ktappliance-autodl/setup.sh")
+    return 0
+
+
 def cmd_build(args) -> int:
+    if (args.export or args.bundle) and not args.autodl:
+        raise ApplianceError("--export and --bundle go with --autodl")
     plan = _plan_from_args(args)
+    if args.bundle:
+        return cmd_bundle(args, plan)
     cli = builder.find_buildkit_cli()
     context = Path(args.out) / context_name(plan.image_tag)
     secret_env = plan.network.secret_env()
@@ -246,6 +297,19 @@ def cmd_build(args) -> int:
     print(f"building {plan.image_tag} from {ctx.directory} (replay: {replay})", file=sys.stderr)
     builder.run(command)
     print(f"built {plan.image_tag}")
+    if args.autodl:
+        from . import autodl
+        kind = "llamacpp" if isinstance(plan, LlamaCppPlan) else "ktransformers"
+        aio, aio_command = autodl.build_aio(cli, engine=kind, engine_image=plan.image_tag,
+                                            webui_version=load_matrix().stack.webui_version,
+                                            secrets=secrets, state_dir=Path(args.out) / "autodl",
+                                            apt_mirror=plan.network.apt_mirror)
+        print(f"building {aio}", file=sys.stderr)
+        builder.run(aio_command)
+        print(f"built {aio}: docker run -p 6006:6006 -p 6008:6008 -v /root/autodl-tmp:/root/autodl-tmp {aio}")
+        if args.export:
+            archive = autodl.export_image(aio, Path(args.out) / "autodl")
+            print(f"exported {archive} (+ .sha256, manifest)")
     if not args.no_configure:
         llama = isinstance(plan, LlamaCppPlan)
         target = plan.target.name if llama else plan.selection.target.name

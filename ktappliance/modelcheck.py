@@ -171,7 +171,7 @@ def _model_files(path: Path) -> tuple[list[Path], list[Problem]]:
             return [], [Problem(str(path), "no .gguf files in this directory")]
         stems = {SPLIT_NAME.match(p.name).group("stem") if SPLIT_NAME.match(p.name) else p.stem for p in files}
         if len(stems) > 1:
-            return files, [Problem(str(path), f"holds more than one model ({', '.join(sorted(stems))}); "
+            return [], [Problem(str(path), f"holds more than one model ({', '.join(sorted(stems))}); "
                                              "keep one model per directory")]
         first = files[0]
     elif path.is_file():

@@ -141,6 +141,8 @@ def _copy_scripts(context: Path, images: tuple[str, ...]) -> None:
     for image in images:
         shutil.copytree(IMAGES_DIR / image, context / "scripts" / image,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+    # The engines run the same model check as `build.py model check` at start.
+    shutil.copyfile(Path(__file__).with_name("modelcheck.py"), context / "scripts" / "common" / "modelcheck.py")
 
 
 def _write_context(plan: BuildPlan | LlamaCppPlan, context: Path) -> None:

@@ -16,5 +16,6 @@ fi
 . "$common/network.sh"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q --progress-bar off "$src[api]"
+# KT_API_EXTRAS: "api" for the service; "api,autodl" adds supervisor.
+"$venv/bin/pip" install -q --progress-bar off "$src[${KT_API_EXTRAS:-api}]"
 "$venv/bin/python" -c "import ktappliance.api.app" && echo "install: API service ready in $venv"

@@ -11,6 +11,13 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 venv=${KT_VENV:-/opt/venv}
+# Headers only, well under a second: missing or truncated shards, tensor types
+# this line cannot run and missing config files stop here, not after the load.
+if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
+    "$venv/bin/python" "$here/../common/modelcheck.py" "${KT_GGUF_PATH:-/models/gguf}" \
+        --config "${KT_MODEL_PATH:-/models/config}" --types "${KT_QUANT_TYPES:-}" \
+        --engine "KTransformers ${KT_LINE:-}" || exit 2
+fi
 if [ -z "${KT_CPU_INFER:-}" ]; then
     # Physical cores minus two for the server and the GPU feeder threads.
     cores=$(awk -F: '/^physical id/{p=$2} /^core id/{print p":"$2}' /proc/cpuinfo | sort -u | wc -l)

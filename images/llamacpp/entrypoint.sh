@@ -20,7 +20,9 @@ if [ ! -f "$model" ]; then
     echo "ktappliance: model file $model not found: mount the model directory and point LLAMA_ARG_MODEL at the .gguf (first shard of a split model)" >&2
     exit 2
 fi
-if [ -x "$here/model-check" ] && [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
-    "$here/model-check" "$model" || exit 2
+# Headers only, well under a second: a missing or truncated shard stops here
+# with one line per problem instead of after minutes of loading.
+if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
+    python3 "$here/../common/modelcheck.py" "$model" --engine llama.cpp || exit 2
 fi
 exec /opt/llama.cpp/bin/llama-server "$@"

@@ -13,7 +13,21 @@ if [ "${KT_SKIP_APT:-0}" != 1 ]; then
 fi
 # shellcheck source=../common/network.sh
 . "$common/network.sh"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# Open-WebUI needs Python 3.11 or 3.12; Ubuntu 22.04 (the CUDA 12.4 images)
+# ships 3.10 as python3 and 3.11 as a separate package.
+python=${WEBUI_PYTHON:-}
+for candidate in python3.12 python3.11 python3; do
+    [ -n "$python" ] && break
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))'; then
+        python=$candidate
+    fi
+done
+if [ -z "$python" ] && [ "${KT_SKIP_APT:-0}" != 1 ]; then
+    "$common/apt-install.sh" python3.11 python3.11-venv
+    python=python3.11
+fi
+[ -n "$python" ] || { echo "install: Open-WebUI needs Python 3.11 or 3.12 (set WEBUI_PYTHON)" >&2; exit 2; }
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install --progress-bar off "open-webui==${WEBUI_VERSION:?}"
 "$venv/bin/open-webui" --help >/dev/null && echo "install: Open-WebUI $WEBUI_VERSION ready in $venv"
