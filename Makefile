@@ -45,7 +45,7 @@ test-stack: bases
 	$(PY) -m pytest -q tests/stack
 
 test: bases  ## every tier: unit, image builds, the running stack
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit tests/image tests/stack
 
 lint: setup
 	$(PY) build.py render --target avx2 --out build/lint >/dev/null

@@ -10,7 +10,7 @@ common="$here/../common"
 src=${1:?usage: install.sh KTAPPLIANCE_SOURCE_DIR}
 venv=${KT_VENV:-/opt/venv}
 if [ "${KT_SKIP_APT:-0}" != 1 ]; then
-    "$common/apt-install.sh" python3 python3-venv ca-certificates curl
+    "$common/apt-install.sh" python3 python3-venv ca-certificates curl procps iproute2
 fi
 # shellcheck source=../common/network.sh
 . "$common/network.sh"

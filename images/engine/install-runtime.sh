@@ -28,6 +28,9 @@ else
     "$venv/bin/pip" install --progress-bar off "$@"
 fi
 "$venv/bin/python" "$here/check-libstdcxx.py"
-if [ -n "${KT_USER:-}" ] && ! id "$KT_USER" >/dev/null 2>&1; then
-    useradd --create-home --uid 10001 --shell /bin/sh "$KT_USER"
+if [ -n "${KT_USER:-}" ]; then
+    id "$KT_USER" >/dev/null 2>&1 || useradd --create-home --uid 10001 --shell /bin/sh "$KT_USER"
+    user_home=$(getent passwd "$KT_USER" | cut -d: -f6)
+    "$venv/bin/python" "$here/kt-user-config.py" "$user_home"
+    chown -R "$KT_USER:" "$user_home/.ktransformers"
 fi

@@ -9,7 +9,7 @@ common="$here/../common"
 [ -d "$common" ] || common="$here"
 venv=${WEBUI_VENV:-/opt/webui}
 if [ "${KT_SKIP_APT:-0}" != 1 ]; then
-    "$common/apt-install.sh" python3 python3-venv ca-certificates curl libgomp1
+    "$common/apt-install.sh" python3 python3-venv ca-certificates curl libgomp1 procps iproute2
 fi
 # shellcheck source=../common/network.sh
 . "$common/network.sh"

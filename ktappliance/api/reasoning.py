@@ -68,19 +68,14 @@ class ReasoningSplitter:
                     return out  # maybe the opening tag, still arriving
                 self.state = "reasoning" if self.opened else "undecided"
                 continue
-            if self.state == "undecided":
+            if self.state in ("undecided", "reasoning"):
                 index = self.pending.find(CLOSE)
                 if index >= 0:
                     out.reasoning += self.pending[:index]
                     self._enter("answer", self.pending[index + len(CLOSE):])
                     continue
-                return out  # held: reasoning only if a closing tag follows
-            if self.state == "reasoning":
-                index = self.pending.find(CLOSE)
-                if index >= 0:
-                    out.reasoning += self.pending[:index]
-                    self._enter("answer", self.pending[index + len(CLOSE):])
-                    continue
+                if self.state == "undecided":
+                    return out  # held: reasoning only if a closing tag follows
                 keep = _partial_suffix(self.pending, CLOSE)
                 out.reasoning += self.pending[:len(self.pending) - keep]
                 self.pending = self.pending[len(self.pending) - keep:]

@@ -1,8 +1,10 @@
 """The llama.cpp engine image: built CPU-only from the llama.cpp tree inside
 llama-cpp-python's PyPI sdist, run on the tiny real GGUF model."""
 
+import shutil
 import subprocess
 
+import httpx
 import openai
 import pytest
 import testinfra
@@ -66,10 +68,24 @@ def test_split_model_loads_from_its_first_shard(llamacpp_image, docker_client, t
         port = dockerenv.published_port(container, "8080/tcp")
         split_client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60)
         reply = split_client.completions.create(model="DeepSeek-R1", prompt="hello", max_tokens=4)
-        assert reply.usage.completion_tokens >= 1
-        assert "3 files" in container.logs().decode(errors="replace") or "split" in container.logs().decode(errors="replace")
+        assert reply.usage.completion_tokens >= 1  # every layer, so every shard, took part
+        props = httpx.get(f"http://127.0.0.1:{port}/props", timeout=10).json()
+        assert props["model_path"] == first
     finally:
         container.kill()
+
+
+def test_model_check_at_start_stops_a_missing_shard(llamacpp_image, tiny_models, tmp_path):
+    broken = tmp_path / "Tiny-R1-F32"
+    shutil.copytree(tiny_models["split_first"].parent, broken)
+    (broken / "Tiny-R1-F32-00002-of-00003.gguf").unlink()
+    tmp_path.chmod(0o755)
+    done = subprocess.run(["docker", "run", "--rm", "-v", f"{tmp_path}:/models:ro",
+                           "-e", "LLAMA_ARG_MODEL=/models/Tiny-R1-F32/Tiny-R1-F32-00001-of-00003.gguf", LLAMACPP_TAG],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ktappliance: model check: /models/Tiny-R1-F32/Tiny-R1-F32-00002-of-00003.gguf: missing (shard 2 of 3)"]
 
 
 def test_missing_model_fails_with_one_line(llamacpp_image):

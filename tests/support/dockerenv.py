@@ -91,8 +91,12 @@ def pypi_sdist(name: str, version: str) -> Path:
     return path
 
 
+def build_py_argv() -> list[str]:
+    return [sys.executable, str(REPO / "build.py")]
+
+
 def build_py(*args: str, log_name: str) -> float:
-    return run_logged([sys.executable, str(REPO / "build.py"), *args], log_name)
+    return run_logged([*build_py_argv(), *args], log_name)
 
 
 def published_port(container, port: str) -> int:
@@ -119,4 +123,4 @@ def llamacpp_build_args(tag: str) -> list[str]:
     sdist = pypi_sdist("llama-cpp-python", "0.3.36")
     return ["--engine", "llamacpp", "--target", "avx2", "--cpu-only", "--llamacpp-src", str(sdist),
             "--base-image", DEBIAN_BASE, "--runtime-base-image", DEBIAN_BASE, "--jobs", "2",
-            "--ca-cert", CA_BUNDLE, "--tag", tag, "--min-free-gb", "10"]
+            "--ca-cert", CA_BUNDLE, "--tag", tag, "--min-free-gb", "10", "--no-configure"]
