@@ -51,6 +51,9 @@ def _quiet(argv: list[str]) -> subprocess.CompletedProcess | None:
 
 
 def _candidates() -> list[str]:
+    forced = os.environ.get("KTA_DOCKER")  # use exactly this docker CLI
+    if forced:
+        return [forced] if os.access(forced, os.X_OK) else []
     seen, found = set(), []
     for name in DOCKER_CANDIDATES:
         path = shutil.which(name) if "/" not in name else (name if os.access(name, os.X_OK) else None)

@@ -249,6 +249,7 @@ def _bundle_settings(plan) -> dict[str, str]:
                   "KT_FLASH_ATTN": plan.flash_attn_pin, "KT_APT_BUILD": " ".join(sel.line.apt_build),
                   "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_TORCH": sel.torch.version,
                   "KT_TORCH_INDEX": sel.torch.index_url, "KT_BUILD_PIP": " ".join(sel.line.build_pip),
+                  "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
                   "KT_QUANT_TYPES": ",".join(sel.line.quant_types),
                   "KT_SERVER_FEATURES": " ".join(n for n, on in (("force_think", sel.line.supports_force_think),
                                                                  ("auth", sel.line.supports_api_key)) if on)}

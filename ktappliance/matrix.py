@@ -48,6 +48,7 @@ class Line:
     amx: bool
     torch_by_cuda: dict[str, TorchPin]
     build_pip: tuple[str, ...]
+    runtime_pip: tuple[str, ...]
     flash_attn: str
     apt_build: tuple[str, ...]
     apt_runtime: tuple[str, ...]
@@ -211,6 +212,7 @@ def _parse(raw: dict) -> Matrix:
             name=name, tag=str(entry["tag"]), commit=str(entry["commit"]),
             description=str(entry["description"]), quant_types=tuple(entry["quant_types"]),
             amx=bool(entry["amx"]), torch_by_cuda=torch_by_cuda, build_pip=tuple(entry["build_pip"]),
+            runtime_pip=tuple(entry.get("runtime_pip") or ()),
             flash_attn=str(entry["flash_attn"]), apt_build=tuple(entry["apt_build"]),
             apt_runtime=tuple(entry["apt_runtime"]), cmake_min=str(entry["cmake_min"]),
             optimize_rules=tuple(entry["optimize_rules"]),

@@ -62,6 +62,7 @@ case "$KTA_ENGINE" in
                 TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" KT_FLASH_ATTN="$KT_FLASH_ATTN" KT_WHEEL_DIR=/opt/ktappliance/wheels \
                 "$home/engine/build-ktransformers.sh"
             KT_APT_RUNTIME="$KT_APT_RUNTIME" KT_TORCH="$KT_TORCH" KT_TORCH_INDEX="${KT_TORCH_INDEX:-}" \
+                KT_RUNTIME_PIP="${KT_RUNTIME_PIP:-}" \
                 KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/install-runtime.sh"
         fi ;;
     *) echo "setup.sh: KTA_ENGINE in bundle.env must be llamacpp or ktransformers" >&2; exit 2 ;;

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The engine's runtime: Python, the pinned torch and the wheels built by
 # build-ktransformers.sh; no compilers, no source tree.
-# Env: KT_APT_RUNTIME, KT_TORCH, KT_TORCH_INDEX, KT_WHEEL_DIR, KT_VENV, KT_USER.
+# Env: KT_APT_RUNTIME, KT_TORCH, KT_TORCH_INDEX, KT_RUNTIME_PIP, KT_WHEEL_DIR, KT_VENV, KT_USER.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
@@ -17,7 +17,8 @@ fi
 . "$common/network.sh"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-set -- "torch==$KT_TORCH"
+# shellcheck disable=SC2086
+set -- "torch==$KT_TORCH" ${KT_RUNTIME_PIP:-}
 for wheel in "$wheels"/*.whl; do
     set -- "$@" "$wheel"
 done
