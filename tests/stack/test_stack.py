@@ -6,6 +6,8 @@ Stand-ins: the llama.cpp CPU engine on the tiny GGUF model (no GPU here) and
 Open-WebUI built from PyPI (no ghcr.io here); the compose file is the real one."""
 
 import json
+import os
+import resource
 import socket
 import subprocess
 import time
@@ -32,9 +34,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def memlock_limit() -> str:
+    """The stack asks for unlimited locked memory; a Docker daemon started
+    under a lower hard limit (as here) can grant at most that."""
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    return "-1" if hard == resource.RLIM_INFINITY else str(hard)
+
+
 def compose(env_file: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "compose", "-p", PROJECT, "--env-file", str(env_file), *args],
-                          cwd=REPO / "compose", capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO / "compose", capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "ENGINE_MEMLOCK": memlock_limit()})
 
 
 def engine_load_seconds(container_id: str) -> float:
