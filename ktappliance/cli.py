@@ -394,8 +394,12 @@ def cmd_model(args) -> int:
         request = fetch.FetchRequest(entry.weights_repo, quant.include, args.config_repo or entry.config_repo,
                                      entry.config_exclude, args.dir, args.source)
     weights_dir, config_dir = fetch.fetch(request)
-    report = modelcheck.check_model(next((p for p in weights_dir.iterdir() if p.is_dir()), weights_dir),
-                                    config_dir=config_dir)
+    # The hubs keep their bookkeeping in hidden folders (.cache) next to the files.
+    fetched = sorted(p for p in weights_dir.rglob("*.gguf")
+                     if not any(part.startswith(".") for part in p.relative_to(weights_dir).parts))
+    if not fetched:
+        raise ApplianceError(f"nothing matching {request.include!r} was found in {request.weights_repo}")
+    report = modelcheck.check_model(fetched[0].parent, config_dir=config_dir)
     for problem in report.problems:
         print(problem.line(), file=sys.stderr)
     print(f"fetched into {args.dir} ({'checked ok' if report.ok else 'check FAILED'})")

@@ -76,11 +76,16 @@ def tensors(n_vocab: int, seed: int) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def write_model(path: Path, *, split: int = 1, name: str = "Tiny-R1", seed: int = 0) -> list[Path]:
+def write_model(path: Path, *, split: int = 1, name: str = "Tiny-R1", seed: int = 0,
+                padding_mib: int = 0) -> list[Path]:
     """Write the model; with split > 1, as that many shards named like
-    Unsloth's. Returns the files written, first shard first."""
+    Unsloth's. Returns the files written, first shard first. padding_mib adds
+    an unused tensor to the last shard (big files for download tests; llama.cpp
+    would refuse the extra tensor)."""
     tokens, scores, types = vocabulary()
     all_tensors = tensors(len(tokens), seed)
+    if padding_mib:
+        all_tensors.append(("padding.weight", np.zeros((padding_mib * 256, 1024), dtype=np.float32)))
     per_shard = -(-len(all_tensors) // split) if split > 1 else 0
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path, "llama", split_max_tensors=per_shard)
