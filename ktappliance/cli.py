@@ -64,6 +64,8 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
                             "skip: leave it out (default: wheel)")
     group.add_argument("--tag", help="image tag (default: from the tag scheme in targets.yaml)")
     group.add_argument("--out", default="build", metavar="DIR", help="where build contexts go (default: build)")
+    group.add_argument("--cache-namespace", default="", metavar="NAME",
+                       help="keep this build's BuildKit cache mounts (apt, pip, ccache) apart from the shared ones")
     group.add_argument("--targets-file", default=str(DEFAULT_MATRIX_FILE), help=argparse.SUPPRESS)
 
 
@@ -205,11 +207,14 @@ def _plan_from_args(args):
         if value:
             raise ApplianceError(f"{option} is for --engine llamacpp")
     selection = matrix.select(target, args.line, args.cuda, numa)
+    if args.cache_namespace and not args.cache_namespace.replace("-", "").isalnum():
+        raise ApplianceError(f"--cache-namespace {args.cache_namespace}: letters, digits and '-' only")
     return make_plan(
         selection, source=args.ktransformers_src, cuda_arch_list=args.cuda_arch,
         default_arch_list=matrix.torch_cuda_arch_list, jobs=args.jobs, default_jobs=matrix.default_jobs,
         flash_attn=args.flash_attn, base_image=getattr(args, "base_image", None),
-        runtime_base_image=getattr(args, "runtime_base_image", None), network=network, tag=args.tag)
+        runtime_base_image=getattr(args, "runtime_base_image", None), network=network, tag=args.tag,
+        cache_namespace=args.cache_namespace)
 
 
 def cmd_render(args) -> int:

@@ -83,6 +83,7 @@ class BuildPlan:
     runtime_image: str
     network: NetworkOptions = field(default_factory=NetworkOptions)
     image_tag: str = ""
+    cache_namespace: str = ""
 
     @property
     def flash_attn_pin(self) -> str:
@@ -119,6 +120,7 @@ class LlamaCppPlan:
     runtime_image: str
     network: NetworkOptions = field(default_factory=NetworkOptions)
     image_tag: str = ""
+    cache_namespace: str = ""
 
     def labels(self) -> dict[str, str]:
         return {
@@ -157,7 +159,7 @@ def make_plan(selection: Selection, *, source: str | None = None, cuda_arch_list
               default_arch_list: str, jobs: int | None = None, default_jobs: int = 2,
               flash_attn: str = "wheel", base_image: str | None = None,
               runtime_base_image: str | None = None, network: NetworkOptions | None = None,
-              tag: str | None = None) -> BuildPlan:
+              tag: str | None = None, cache_namespace: str = "") -> BuildPlan:
     if jobs is not None and jobs < 1:
         raise ApplianceError(f"--jobs {jobs}: must be 1 or more")
     if flash_attn not in FLASH_ATTN_MODES:
@@ -176,4 +178,5 @@ def make_plan(selection: Selection, *, source: str | None = None, cuda_arch_list
         runtime_image=runtime_base_image or selection.cuda.runtime_image,
         network=network or NetworkOptions(),
         image_tag=tag or selection.image_tag,
+        cache_namespace=cache_namespace,
     )

@@ -51,7 +51,7 @@ def render_llamacpp_dockerfile(plan: LlamaCppPlan) -> str:
     return template.render(
         target=plan.target, llamacpp=plan.llamacpp, cuda=plan.cuda, source=plan.source, jobs=plan.jobs,
         cuda_architectures=plan.cuda_architectures, build_image=plan.build_image,
-        runtime_image=plan.runtime_image, labels=plan.labels(),
+        runtime_image=plan.runtime_image, labels=plan.labels(), cache_namespace=_namespace(plan),
     )
 
 
@@ -80,7 +80,12 @@ def render_dockerfile(plan: BuildPlan) -> str:
         flash_attn=plan.flash_attn_pin, labels=plan.labels(),
         server_features=[name for name, on in (("force_think", sel.line.supports_force_think),
                                                ("auth", sel.line.supports_api_key)) if on],
+        cache_namespace=_namespace(plan),
     )
+
+
+def _namespace(plan) -> str:
+    return f"-{plan.cache_namespace}" if plan.cache_namespace else ""
 
 
 def plan_record(plan: BuildPlan) -> dict:

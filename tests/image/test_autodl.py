@@ -38,9 +38,13 @@ def data_disk(tmp_path_factory, tiny_models, with_model=True):
     return disk
 
 
-def wait_http(url: str, timeout: float = 300) -> None:
+def wait_http(url: str, timeout: float = 300, container=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if container is not None:
+            container.reload()
+            if container.status == "exited":
+                pytest.fail(f"{container.name} exited:\n{container.logs(tail=30).decode(errors='replace')}")
         try:
             if httpx.get(url, timeout=5).status_code == 200:
                 return
@@ -81,7 +85,7 @@ def appliance(aio_image, docker_client, tiny_models, tmp_path_factory):
     try:
         webui = f"http://127.0.0.1:{dockerenv.published_port(container, '6006/tcp')}"
         api = f"http://127.0.0.1:{dockerenv.published_port(container, '6008/tcp')}"
-        wait_http(webui + "/health", timeout=600)
+        wait_http(webui + "/health", timeout=600, container=container)
         yield {"container": container, "webui": webui, "api": api,
                "key": exec_out(container, "cat", "/root/.config/ktappliance/api_key").strip(), "disk": disk}
     finally:
@@ -190,7 +194,7 @@ def test_native_bundle_setup_and_start(bases, docker_client, tiny_models, tmp_pa
                           detach=True)
         webui = f"http://127.0.0.1:{dockerenv.published_port(instance, '6006/tcp')}"
         api = f"http://127.0.0.1:{dockerenv.published_port(instance, '6008/tcp')}"
-        wait_http(webui + "/health", timeout=600)
+        wait_http(webui + "/health", timeout=600, container=instance)
         key = exec_out(instance, "cat", "/root/.config/ktappliance/api_key").strip()
         ready = httpx.get(api + "/ready", timeout=10)
         assert ready.status_code == 200, ready.text
