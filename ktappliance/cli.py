@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, builder, detect, probe, recommend, stackcli
+from . import __version__, builder, detect, modelcli, probe, recommend, stackcli
 from .paths import IMAGES_DIR, REPO_ROOT
 from .errors import ApplianceError
 from .matrix import load_matrix, DEFAULT_MATRIX_FILE
@@ -18,7 +18,7 @@ SUBCOMMANDS = ("build", "detect", "render", "api", "webui", "model", "plan", "co
 COMPONENTS = {
     # name: (Dockerfile under images/, default tag)
     "api": ("api/Dockerfile", f"ktappliance/api:{__version__}"),
-    "webui": ("webui/Dockerfile", "ktappliance/open-webui:0.12.4"),
+    "webui": ("webui/Dockerfile", None),  # tag from targets.yaml (stack.webui_pypi_tag)
 }
 EPILOG = """subcommands:
   detect    report the host's CPU, NUMA, RAM and GPUs and what to build
@@ -99,43 +99,13 @@ def make_parser(command: str) -> argparse.ArgumentParser:
     if command in ("up", "down", "status"):
         return stackcli.make_compose_parser(command)
     if command == "model":
-        parser = argparse.ArgumentParser(prog="build.py model", description="Fetch and check model files.")
-        actions = parser.add_subparsers(dest="action", required=True, metavar="{fetch,check}")
-        fetch = actions.add_parser("fetch", help="download GGUF shards and config files")
-        fetch.add_argument("--model", default="deepseek-r1", help="catalogue model (default: %(default)s)")
-        fetch.add_argument("--quant", default="UD-IQ1_S", help="catalogue quant (default: %(default)s)")
-        fetch.add_argument("--repo", help="weights repository, for models not in the catalogue")
-        fetch.add_argument("--include", help="file pattern in --repo, e.g. '*Q2_K_XL*'")
-        fetch.add_argument("--config-repo", help="repository of config.json and tokenizer (default: the model's)")
-        fetch.add_argument("--dir", required=True, type=Path, help="where to put gguf/ and config/")
-        fetch.add_argument("--source", choices=("modelscope", "hf"), default="modelscope")
-        check = actions.add_parser("check", help="check GGUF files (headers only) and the config directory")
-        check.add_argument("path", type=Path, help="a .gguf file, the first shard, or the GGUF directory")
-        check.add_argument("--config", type=Path, help="the config/tokenizer directory KTransformers reads")
-        check.add_argument("--line", help="KTransformers line whose tensor types to allow (default: the newest)")
-        check.add_argument("--engine", choices=("ktransformers", "llamacpp"), default="ktransformers")
-        check.add_argument("--arch", help="expected general.architecture (e.g. deepseek2)")
-        check.add_argument("--json", action="store_true")
-        check.add_argument("--targets-file", default=str(DEFAULT_MATRIX_FILE), help=argparse.SUPPRESS)
-        return parser
+        return modelcli.make_model_parser()
     if command == "plan":
-        parser = argparse.ArgumentParser(prog="build.py plan", description="Will the model fit this host?")
-        parser.add_argument("--from", dest="from_dir", metavar="DIR", help="host captures instead of this host")
-        parser.add_argument("--model", default="deepseek-r1")
-        parser.add_argument("--quant", default="UD-IQ1_S")
-        parser.add_argument("--gguf", type=Path, help="size real files instead of the catalogue's figures")
-        parser.add_argument("--engine", choices=("ktransformers", "llamacpp"), default="ktransformers")
-        parser.add_argument("--target", default="auto")
-        parser.add_argument("--line")
-        numa = parser.add_mutually_exclusive_group()
-        numa.add_argument("--numa", dest="numa", action="store_true", default=None)
-        numa.add_argument("--no-numa", dest="numa", action="store_false")
-        parser.add_argument("--json", action="store_true")
-        parser.add_argument("--targets-file", default=str(DEFAULT_MATRIX_FILE), help=argparse.SUPPRESS)
-        return parser
+        return modelcli.make_plan_parser()
     if command in COMPONENTS:
         parser = argparse.ArgumentParser(prog=f"build.py {command}", description=f"Build the {command} image.")
-        parser.add_argument("--tag", default=COMPONENTS[command][1], help="image tag (default: %(default)s)")
+        default_tag = COMPONENTS[command][1] or load_matrix().stack.webui_pypi_tag
+        parser.add_argument("--tag", default=default_tag, help="image tag (default: %(default)s)")
         _add_build_options(parser)
         return parser
     if command == "render":
@@ -159,13 +129,9 @@ def make_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _host_facts(from_dir: str | None):
-    return probe.probe_directory(Path(from_dir)) if from_dir else probe.probe_live()
-
-
 def cmd_detect(args) -> int:
     matrix = load_matrix(Path(args.targets_file))
-    facts = _host_facts(args.from_dir)
+    facts = probe.host_facts(args.from_dir)
     rec = recommend.recommend(facts, matrix)
     print(detect.as_json(facts, rec, matrix) if args.json else detect.as_text(facts, rec, matrix))
     return 0
@@ -364,86 +330,9 @@ def cmd_component(args) -> int:
     return 0
 
 
-def cmd_model(args) -> int:
-    from . import catalogue, fetch, modelcheck
-    if args.action == "check":
-        matrix = load_matrix(Path(args.targets_file))
-        if args.engine == "llamacpp":
-            types, engine = None, "llama.cpp"
-        else:
-            line = matrix.lines[args.line] if args.line in matrix.lines else None
-            if args.line and line is None:
-                raise ApplianceError(f"unknown KTransformers line {args.line!r}; known lines: {', '.join(matrix.lines)}")
-            line = line or list(matrix.lines.values())[-1]
-            types, engine = set(line.quant_types), f"KTransformers {line.name}"
-        report = modelcheck.check_model(args.path, config_dir=args.config, supported_types=types,
-                                        expected_arch=args.arch, engine=engine)
-        if args.json:
-            print(report.to_json())
-        else:
-            for problem in report.problems:
-                print(problem.line(), file=sys.stderr)
-            if report.ok:
-                tensors = sum(s.tensor_count for s in report.shards)
-                print(f"ok: {len(report.shards)} file(s), {tensors} tensors, "
-                      f"types {', '.join(sorted({t for s in report.shards for t in s.types}))}")
-        return 0 if report.ok else 1
-    if args.repo:
-        if not args.include:
-            raise ApplianceError("--repo needs --include (the file pattern to download)")
-        request = fetch.FetchRequest(args.repo, args.include, args.config_repo, ("*.safetensors",), args.dir,
-                                     args.source)
-    else:
-        entry = catalogue.model_entry(args.model)
-        quant = entry.quant(args.quant)
-        request = fetch.FetchRequest(entry.weights_repo, quant.include, args.config_repo or entry.config_repo,
-                                     entry.config_exclude, args.dir, args.source)
-    weights_dir, config_dir = fetch.fetch(request)
-    # The hubs keep their bookkeeping in hidden folders (.cache) next to the files.
-    fetched = sorted(p for p in weights_dir.rglob("*.gguf")
-                     if not any(part.startswith(".") for part in p.relative_to(weights_dir).parts))
-    if not fetched:
-        raise ApplianceError(f"nothing matching {request.include!r} was found in {request.weights_repo}")
-    report = modelcheck.check_model(fetched[0].parent, config_dir=config_dir)
-    for problem in report.problems:
-        print(problem.line(), file=sys.stderr)
-    print(f"fetched into {args.dir} ({'checked ok' if report.ok else 'check FAILED'})")
-    return 0 if report.ok else 1
-
-
-def cmd_plan(args) -> int:
-    from . import catalogue, modelcheck, sizing
-    matrix = load_matrix(Path(args.targets_file))
-    facts = _host_facts(args.from_dir)
-    rec = recommend.recommend(facts, matrix)
-    target = rec.target if args.target == "auto" else matrix.target(args.target).name
-    numa = rec.numa if args.numa is None else args.numa
-    entry = catalogue.model_entry(args.model)
-    if args.gguf:
-        report = modelcheck.check_model(args.gguf)
-        if not report.shards:
-            raise ApplianceError(f"--gguf {args.gguf}: " + (report.problems[0].line() if report.problems else "no GGUF"))
-        weights = sum(s.file_size for s in report.shards)
-        types = {t for s in report.shards for t in s.types}
-        alternatives = {}
-    else:
-        quant = entry.quant(args.quant)
-        weights, types = quant.size_bytes, set(quant.needs_types)
-        alternatives = {name: q.size_bytes for name, q in entry.quants.items() if name != quant.name}
-    line = None
-    if args.engine == "ktransformers":
-        if target is None:
-            raise ApplianceError("no supported target for this CPU (it needs AVX2 and FMA)")
-        line = matrix.select(target, args.line, None, numa).line
-    fit = sizing.plan_fit(facts, entry, weights, types, engine=args.engine, line=line, numa=numa,
-                          amx_target=target == "amx", alternatives=alternatives)
-    print(fit.to_json() if args.json else fit.to_text())
-    return 0
-
-
 HANDLERS = {"detect": cmd_detect, "render": cmd_render, "build": cmd_build, "api": cmd_component,
             "webui": cmd_component,
-            "model": cmd_model, "plan": cmd_plan, "configure": stackcli.cmd_configure,
+            "model": modelcli.cmd_model, "plan": modelcli.cmd_plan, "configure": stackcli.cmd_configure,
             "up": stackcli.cmd_up, "down": stackcli.cmd_down, "status": stackcli.cmd_status}
 
 

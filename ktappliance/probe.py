@@ -266,3 +266,8 @@ def capture_live() -> dict[str, str]:
 
 def probe_live() -> HostFacts:
     return facts_from_texts(capture_live())
+
+
+def host_facts(from_dir: str | Path | None = None) -> HostFacts:
+    """The captures in from_dir when given, else the live host."""
+    return probe_directory(Path(from_dir)) if from_dir else probe_live()

@@ -35,7 +35,7 @@ def add_configure_options(parser: argparse.ArgumentParser) -> None:
 
 def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, target: str | None,
                     numa: bool, line_name: str | None = None, host_dir: str | None = None) -> Path:
-    facts = probe.probe_directory(Path(host_dir)) if host_dir else probe.probe_live()
+    facts = probe.host_facts(host_dir)
     entry = model_entry(args.model)
     quant = entry.quant(args.quant)
     line = matrix.select(target, line_name, None, numa).line if engine == "ktransformers" and target else None
@@ -93,7 +93,7 @@ def make_configure_parser() -> argparse.ArgumentParser:
 
 def cmd_configure(args) -> int:
     matrix = load_matrix(Path(args.targets_file))
-    facts = probe.probe_directory(Path(args.from_dir)) if args.from_dir else probe.probe_live()
+    facts = probe.host_facts(args.from_dir)
     rec = recommend.recommend(facts, matrix)
     target = rec.target if args.target == "auto" else matrix.target(args.target).name
     if target is None:

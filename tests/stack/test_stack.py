@@ -19,7 +19,6 @@ import openai
 import pytest
 import testinfra
 
-from support import dockerenv
 from conftest import REPO, run_cli
 from support.settings import API_TAG, LLAMACPP_TAG, WEBUI_TAG
 

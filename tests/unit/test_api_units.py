@@ -32,21 +32,26 @@ def test_fifo_one_at_a_time():
     assert asyncio.run(scenario()) == list(range(8))
 
 
+async def occupy(admission: Admission, release: asyncio.Event) -> asyncio.Task:
+    """Take the one engine slot until `release` is set."""
+    async def holder():
+        async with admission.slot():
+            await release.wait()
+    task = asyncio.create_task(holder())
+    await asyncio.sleep(0.01)
+    return task
+
+
 def test_full_queue_and_wait_limit():
     async def scenario():
         admission = Admission(max_inflight=1, queue_size=2, queue_timeout=0.2)
         hold = asyncio.Event()
 
-        async def holder():
-            async with admission.slot():
-                await hold.wait()
-
         async def waiter():
             async with admission.slot():
                 pass
 
-        first = asyncio.create_task(holder())
-        await asyncio.sleep(0.01)
+        first = await occupy(admission, hold)
         waiting = [asyncio.create_task(waiter()) for _ in range(2)]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
@@ -66,13 +71,7 @@ def test_client_that_leaves_the_queue_frees_its_place():
     async def scenario():
         admission = Admission(max_inflight=1, queue_size=1, queue_timeout=5)
         hold = asyncio.Event()
-
-        async def holder():
-            async with admission.slot():
-                await hold.wait()
-
-        first = asyncio.create_task(holder())
-        await asyncio.sleep(0.01)
+        first = await occupy(admission, hold)
         gone = asyncio.Event()
         leaving = asyncio.create_task(admission.slot(gone.wait()).__aenter__())
         await asyncio.sleep(0.01)

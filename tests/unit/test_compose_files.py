@@ -1,7 +1,6 @@
 """The compose files parse and wire the stack as documented (the stack tier
 runs them for real)."""
 
-from pathlib import Path
 
 import yaml
 

@@ -5,7 +5,6 @@ ModelScope's and Hugging Face's real servers (authentication, xet storage,
 mirrors); the test catalogue names the real repos, served locally."""
 
 import json
-import shutil
 
 import pytest
 
