@@ -47,9 +47,12 @@ test-stack: bases
 test: bases  ## every tier: unit, image builds, the running stack
 	$(PY) -m pytest -q tests/unit tests/image tests/stack
 
-lint: setup
+lint: setup  ## pyflakes on the code, hadolint on every shipped Dockerfile
+	$(PY) -m pyflakes ktappliance tests bench build.py
+	$(VENV)/bin/hadolint images/api/Dockerfile images/webui/Dockerfile images/autodl/Dockerfile
 	$(PY) build.py render --target avx2 --out build/lint >/dev/null
 	$(PY) build.py render --target amx --numa --out build/lint >/dev/null
+	$(PY) build.py render --engine llamacpp --target avx2 --cpu-only --out build/lint >/dev/null
 	$(VENV)/bin/hadolint build/lint/*/Dockerfile
 
 clean:

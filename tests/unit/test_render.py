@@ -175,3 +175,27 @@ def test_rerender_replaces_the_old_context(tmp_path):
 ])
 def test_bad_build_options(tmp_path, args, fragment):
     assert_one_line_error(run_cli("render", "--target", "avx2", *args, "--out", str(tmp_path)), fragment)
+
+
+@pytest.mark.parametrize("dockerfile", ["images/api/Dockerfile", "images/webui/Dockerfile", "images/autodl/Dockerfile",
+                                        "tests/support/bases/cuda13.Dockerfile"])
+def test_static_dockerfiles_pass_hadolint(dockerfile):
+    parser = DockerfileParser(path=str(REPO / dockerfile))
+    assert parser.content.split("\nFROM ", 1)[0].count("ARG ") >= 1  # image references are build args
+    lint = subprocess.run([HADOLINT, "--failure-threshold", "info", str(REPO / dockerfile)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("target", list(MATRIX.targets))
+@pytest.mark.parametrize("cuda", [None, "12.4"])
+def test_llamacpp_renders_per_target(tmp_path, target, cuda):
+    from ktappliance.plan import make_llamacpp_plan
+    plan = make_llamacpp_plan(MATRIX.targets[target], MATRIX.llamacpp, MATRIX.cuda[cuda] if cuda else None)
+    content = render(plan, tmp_path).dockerfile.read_text()
+    for flag in MATRIX.targets[target].llamacpp_cmake:
+        assert flag in content
+    assert ('LLAMA_CUDA_ARCHS=""' in content) == (cuda is None)
+    assert "ARG BUILD_IMAGE=" + (MATRIX.cuda[cuda].devel_image if cuda else "ubuntu:24.04") in content
+    lint = subprocess.run([HADOLINT, "--failure-threshold", "info", str(tmp_path / plan.image_tag.split("/")[-1].replace(":", "-") / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -7,10 +7,12 @@
 ARG DEBIAN_IMAGE=kta-test/debian:bookworm
 
 FROM ${DEBIAN_IMAGE} AS wheels
+# The Debian release is fixed by the base; its python3-pip is what we want.
+# hadolint ignore=DL3008
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
 RUN --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    pip3 install --break-system-packages --no-deps --target /opt/cudawheels \
+    pip3 install --no-cache-dir --break-system-packages --no-deps --target /opt/cudawheels \
         nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
         nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96
 # The math libraries' headers, which torch's ATen/cuda headers include; the
@@ -18,14 +20,14 @@ RUN --mount=type=secret,id=ca_bundle \
 # come with torch itself, so only include/ is kept.
 RUN --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    pip3 install --break-system-packages --no-deps --target /opt/mathwheels \
+    pip3 install --no-cache-dir --break-system-packages --no-deps --target /opt/mathwheels \
         nvidia-cublas==13.1.1.3 nvidia-cusparse==12.6.3.3 nvidia-cusolver==12.0.4.66 \
         nvidia-cufft==12.0.0.61 nvidia-curand==10.4.0.35 \
     && cp -rn /opt/mathwheels/nvidia/cu13/include/. /opt/cudawheels/nvidia/cu13/include/ \
     && rm -rf /opt/mathwheels
-RUN mv /opt/cudawheels/nvidia/cu13 /usr/local/cuda-13.0 \
-    && cd /usr/local/cuda-13.0 \
-    && ln -s lib lib64 \
+RUN mv /opt/cudawheels/nvidia/cu13 /usr/local/cuda-13.0
+WORKDIR /usr/local/cuda-13.0
+RUN ln -s lib lib64 \
     && ln -s libcudart.so.13 lib/libcudart.so \
     && chmod +x bin/* nvvm/bin/*
 
