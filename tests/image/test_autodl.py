@@ -204,3 +204,25 @@ def test_native_bundle_setup_and_start(bases, docker_client, tiny_models, tmp_pa
         assert chat_through_ui(webui) is not None
     finally:
         instance.remove(force=True)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("port-taken", "port 6006 is already taken"),
+    ("disk-small", "disk too small"),
+    ("no-gpu", "no NVIDIA GPU visible"),
+])
+def test_start_refuses_with_one_line(aio_image, tiny_models, tmp_path_factory, case, fragment):
+    disk = data_disk(tmp_path_factory, tiny_models)
+    argv = ["docker", "run", "--rm", "-v", f"{disk}:/root/autodl-tmp"]
+    if case == "port-taken":
+        argv += ["--entrypoint", "sh", AIO_TAG, "-c",
+                 "/opt/kta-api/bin/python -m http.server 6006 >/dev/null 2>&1 & sleep 2; "
+                 "exec /opt/ktappliance/autodl/start.sh"]
+    elif case == "disk-small":
+        argv += ["-e", "KTA_MIN_FREE_GB=1000000", AIO_TAG]
+    else:
+        argv += ["-e", "KTA_ENGINE=ktransformers", AIO_TAG]  # KTransformers needs a GPU; none here
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], done.stderr

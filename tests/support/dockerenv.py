@@ -123,4 +123,4 @@ def llamacpp_build_args(tag: str) -> list[str]:
     sdist = pypi_sdist("llama-cpp-python", "0.3.36")
     return ["--engine", "llamacpp", "--target", "avx2", "--cpu-only", "--llamacpp-src", str(sdist),
             "--base-image", DEBIAN_BASE, "--runtime-base-image", DEBIAN_BASE, "--jobs", "2",
-            "--ca-cert", CA_BUNDLE, "--tag", tag, "--min-free-gb", "10", "--no-configure"]
+            "--ca-cert", CA_BUNDLE, "--tag", tag, "--min-free-gb", "5", "--no-configure"]

@@ -24,5 +24,5 @@ def engine_build_args(tag: str, numa: bool) -> list[str]:
         "--ca-cert", dockerenv.CA_BUNDLE, "--pip-index-url", INDEX_WITH_CREDENTIALS,
         "--https-proxy", PROXY_WITH_CREDENTIALS,
         "--no-proxy", "pypi.org,files.pythonhosted.org,download.pytorch.org,localhost,127.0.0.1",
-        "--tag", tag, "--min-free-gb", "15", "--no-configure",
+        "--tag", tag, "--min-free-gb", "8", "--no-configure",
     ]
