@@ -84,8 +84,8 @@ def test_runtime_is_lean_and_not_root(engine):
     assert not engine.file("/wheels").exists
     # The source tree's mark: its vendored llama.cpp and pybind11.
     # (The wheel ships setup.py and CMakeLists.txt as package data; no sign.)
-    assert engine.run("find / -xdev -type d -path '*/third_party/llama.cpp' -not -path '/proc/*'").stdout == ""
-    assert engine.run("find / -xdev -type d -path '*/third_party/pybind11' -not -path '/proc/*'").stdout == ""
+    assert engine.run("find / -xdev -type d -path '*/third_party/llama.cpp' -not -path '*.dist-info/*' -not -path '/proc/*'").stdout == ""
+    assert engine.run("find / -xdev -type d -path '*/third_party/pybind11' -not -path '*.dist-info/*' -not -path '/proc/*'").stdout == ""
     assert not engine.file("/src").exists
     assert engine.user().uid != 0
     assert engine.user().name == "kt"
