@@ -177,6 +177,8 @@ def build_app(config: ApiConfig) -> Starlette:
                 async with stack:
                     payload = await _race_disconnect(request, exchange.whole(response))
                 count(endpoint, 200)
+                if isinstance(payload, bytes):
+                    return Response(payload, media_type="application/json")
                 return JSONResponse(payload)
             except errors.ApiError as err:
                 await stack.aclose()

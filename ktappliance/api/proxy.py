@@ -51,6 +51,8 @@ class Exchange:
         self.client_model, self.split, self.opened = client_model, split, opened
         self.stall_timeout, self.upstream_key = stall_timeout, upstream_key
         self.chat = path.endswith("chat/completions")
+        # Nothing to rewrite: the engine's bytes go to the client untouched.
+        self.passthrough = not split and body.get("model") == client_model
 
     def _request(self) -> httpx.Request:
         headers = {"Authorization": f"Bearer {self.upstream_key}"} if self.upstream_key else {}
@@ -60,7 +62,13 @@ class Exchange:
         """Send the request; map connection failures and silence to 503/504."""
         self.sent_at = time.monotonic()
         try:
-            response = await self.http.send(self._request(), stream=True)
+            try:
+                response = await self.http.send(self._request(), stream=True)
+            except httpx.RemoteProtocolError:
+                # A pooled keep-alive connection the engine had just closed
+                # (llama-server closes after some streams): nothing was
+                # processed, so sending once more on a fresh one is safe.
+                response = await self.http.send(self._request(), stream=True)
         except httpx.ConnectError as exc:
             self.metrics.engine_errors.labels("connect").inc()
             raise errors.engine_down(type(exc).__name__) from None
@@ -85,9 +93,14 @@ class Exchange:
 
     # ---------------------------------------------------------------- non-streamed
 
-    async def whole(self, response: httpx.Response) -> dict:
+    async def whole(self, response: httpx.Response) -> dict | bytes:
+        """The answer as a dict to re-encode, or the engine's own bytes."""
         try:
-            payload = json.loads(await response.aread())
+            raw = await response.aread()
+            if self.passthrough:
+                self.metrics.ttft.observe(time.monotonic() - self.sent_at)
+                return raw
+            payload = json.loads(raw)
         except httpx.TimeoutException:
             self.metrics.engine_errors.labels("stall").inc()
             raise errors.engine_stalled(self.stall_timeout) from None
@@ -117,6 +130,14 @@ class Exchange:
         first_at = None
         tokens = 0
         try:
+            if self.passthrough:
+                async for chunk in response.aiter_raw():
+                    if first_at is None:
+                        first_at = time.monotonic()
+                        self.metrics.ttft.observe(first_at - self.sent_at)
+                    tokens += chunk.count(b"data: {")
+                    yield chunk
+                return
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
