@@ -25,7 +25,7 @@ render: setup  ## write the build context for TARGET without building
 build: setup  ## render and build the engine image for TARGET
 	$(PY) build.py --target $(TARGET) $(BUILD_FLAGS)
 
-appliance: setup  ## set up and build everything for this host
+appliance: docker  ## set up (Docker too, as root) and build the engine image for this host
 	$(PY) build.py detect
 	$(PY) build.py --target $(TARGET) $(BUILD_FLAGS)
 
