@@ -27,7 +27,10 @@ def add_configure_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-port", type=int, default=10002)
     group.add_argument("--webui-port", type=int, default=3000)
     group.add_argument("--api-image", help="API image (default: from targets.yaml)")
-    group.add_argument("--webui-image", help="Open-WebUI image (default: the official one, pinned)")
+    group.add_argument("--webui", choices=("official", "build"), default="official",
+                       help="official: ghcr.io's Open-WebUI image (pinned); build: the one `build.py webui` makes "
+                            "from PyPI, for hosts that cannot reach ghcr.io")
+    group.add_argument("--webui-image", help="any other Open-WebUI image")
     group.add_argument("--parallel", type=int, default=1, help="llama.cpp: requests served at once (slots)")
     group.add_argument("--ctx-size", type=int, default=8192, help="llama.cpp: context size")
     group.add_argument("--env-file", type=Path, help="where to write the settings (default: compose/.env)")
@@ -66,7 +69,8 @@ def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, tar
     settings = StackSettings(
         engine=engine, engine_image=engine_image, model_dir=args.model_dir,
         api_image=args.api_image or matrix.stack.api_image,
-        webui_image=args.webui_image or matrix.stack.webui_image,
+        webui_image=args.webui_image or (matrix.stack.webui_pypi_tag if args.webui == "build"
+                                         else matrix.stack.webui_image),
         engine_env=engine_env, gpus=gpus, numa=numa and engine == "ktransformers", bind_address=args.bind,
         api_port=args.api_port, webui_port=args.webui_port,
         max_inflight=1 if engine == "ktransformers" else max(1, args.parallel),
