@@ -11,8 +11,9 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 venv=${KT_VENV:-/opt/venv}
-# A user other than the image's own gets its own writable KTransformers config.
-"$venv/bin/python" "$here/kt-user-config.py"
+# A user other than the image's own gets its own writable KTransformers config
+# (checked here first: the script imports ktransformers, which takes seconds).
+[ -f "${HOME:-/root}/.ktransformers/config.yaml" ] || "$venv/bin/python" "$here/kt-user-config.py"
 # Headers only, well under a second: missing or truncated shards, tensor types
 # this line cannot run and missing config files stop here, not after the load.
 if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
