@@ -222,8 +222,7 @@ def _bundle_settings(plan) -> dict[str, str]:
                   "KT_TORCH_INDEX": sel.torch.index_url, "KT_BUILD_PIP": " ".join(sel.line.build_pip),
                   "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
                   "KT_QUANT_TYPES": ",".join(sel.line.quant_types),
-                  "KT_SERVER_FEATURES": " ".join(n for n, on in (("force_think", sel.line.supports_force_think),
-                                                                 ("auth", sel.line.supports_api_key)) if on)}
+                  "KT_SERVER_FEATURES": " ".join(sel.line.server_features)}
     values.update({"KTA_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
                    "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(getattr(plan, "jobs", 2))})
     return {k: shlex.quote(v) for k, v in values.items()}
@@ -289,7 +288,8 @@ def cmd_build(args) -> int:
         path = stackcli.configure_stack(args, load_matrix(Path(args.targets_file)),
                                         engine="llamacpp" if llama else "ktransformers",
                                         engine_image=plan.image_tag, target=target, numa=numa,
-                                        line_name=None if llama else plan.selection.line.name)
+                                        line_name=None if llama else plan.selection.line.name,
+                                        facts=probe.host_facts())
         print(f"wrote {path}; start the stack with: cd {path.parent} && docker compose up -d")
     return 0
 

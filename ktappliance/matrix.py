@@ -61,6 +61,12 @@ class Line:
     def default_cuda(self) -> str:
         return next(iter(self.torch_by_cuda))
 
+    @property
+    def server_features(self) -> tuple[str, ...]:
+        """What the engine entrypoint may pass to this line's server (KT_SERVER_FEATURES)."""
+        return tuple(name for name, on in (("force_think", self.supports_force_think),
+                                           ("auth", self.supports_api_key)) if on)
+
 
 @dataclass(frozen=True)
 class LlamaCpp:

@@ -78,8 +78,7 @@ def render_dockerfile(plan: BuildPlan) -> str:
         target=sel.target, line=sel.line, cuda=sel.cuda, numa=sel.numa, torch=sel.torch,
         source=plan.source, cuda_arch_list=plan.cuda_arch_list, jobs=plan.jobs,
         flash_attn=plan.flash_attn_pin, labels=plan.labels(),
-        server_features=[name for name, on in (("force_think", sel.line.supports_force_think),
-                                               ("auth", sel.line.supports_api_key)) if on],
+        server_features=sel.line.server_features,
         cache_namespace=_namespace(plan),
     )
 

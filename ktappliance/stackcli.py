@@ -12,6 +12,7 @@ from .catalogue import model_entry
 from .errors import ApplianceError, DockerError
 from .matrix import DEFAULT_MATRIX_FILE, Matrix, load_matrix
 from .paths import COMPOSE_DIR
+from .probe import HostFacts
 from .sizing import plan_fit
 from .stackenv import StackSettings, first_shard, write_stack_env
 
@@ -37,8 +38,7 @@ def add_configure_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, target: str | None,
-                    numa: bool, line_name: str | None = None, host_dir: str | None = None) -> Path:
-    facts = probe.host_facts(host_dir)
+                    numa: bool, facts: HostFacts, line_name: str | None = None) -> Path:
     entry = model_entry(args.model)
     quant = entry.quant(args.quant)
     line = matrix.select(target, line_name, None, numa).line if engine == "ktransformers" and target else None
@@ -111,7 +111,7 @@ def cmd_configure(args) -> int:
         else:
             image = matrix.select(target, args.line, None, numa).image_tag
     path = configure_stack(args, matrix, engine=args.engine, engine_image=image, target=target, numa=numa,
-                           line_name=args.line, host_dir=args.from_dir)
+                           line_name=args.line, facts=facts)
     print(f"wrote {path} (mode 0600); start the stack with: cd {path.parent} && docker compose up -d")
     return 0
 
