@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__, builder, detect, modelcli, probe, recommend, stackcli
 from .paths import IMAGES_DIR, REPO_ROOT
 from .errors import ApplianceError
-from .matrix import load_matrix, DEFAULT_MATRIX_FILE
+from .matrix import DEFAULT_MATRIX_FILE, load_matrix, supported_types
 from .plan import FLASH_ATTN_MODES, LlamaCppPlan, NetworkOptions, make_llamacpp_plan, make_plan
 from .render import context_name, render
 
@@ -215,13 +215,11 @@ def _bundle_settings(plan) -> dict[str, str]:
     else:
         sel = plan.selection
         target = sel.target
-        values = {"KT_TAG": sel.line.tag, "KT_COMMIT": sel.line.commit, "CPU_INSTRUCT": target.cpu_instruct,
-                  "KT_NUMA": "1" if sel.numa else "0", "TORCH_CUDA_ARCH_LIST": plan.cuda_arch_list,
-                  "KT_FLASH_ATTN": plan.flash_attn_pin, "KT_APT_BUILD": " ".join(sel.line.apt_build),
+        values = {**plan.compile_env(), "KT_APT_BUILD": " ".join(sel.line.apt_build),
                   "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_TORCH": sel.torch.version,
                   "KT_TORCH_INDEX": sel.torch.index_url, "KT_BUILD_PIP": " ".join(sel.line.build_pip),
                   "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
-                  "KT_QUANT_TYPES": ",".join(sel.line.quant_types),
+                  "KT_QUANT_TYPES": ",".join(supported_types(sel.line, target)),
                   "KT_SERVER_FEATURES": " ".join(sel.line.server_features)}
     values.update({"KTA_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
                    "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(getattr(plan, "jobs", 2))})

@@ -3,7 +3,7 @@ say which combinations of target, KTransformers line, CUDA and NUMA are valid.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -19,8 +19,15 @@ class Target:
     description: str
     requires: tuple[str, ...]
     cpu_instruct: str
+    cflags: tuple[str, ...]
+    cmake_args: tuple[str, ...]
+    bf16: bool
     default_line: str
     llamacpp_cmake: tuple[str, ...]
+
+    @property
+    def has_amx(self) -> bool:
+        return any(flag.startswith("amx") for flag in self.requires)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class CudaBase:
     version: str
     devel_image: str
     runtime_image: str
+    base_image: str
     python: str
     min_driver: str
 
@@ -103,6 +111,7 @@ class Selection:
     numa: bool
     torch: TorchPin
     tag_scheme: str
+    type_notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_tag(self) -> str:
@@ -168,14 +177,14 @@ class Matrix:
             numa=self.default_numa if numa is None else numa,
             torch=chosen_line.torch_by_cuda[cuda_version],
             tag_scheme=self.tag_scheme,
+            type_notes=type_notes(self, chosen_target),
         )
 
 
 def _line_fits_target(line: Line, target: Target) -> bool:
     # The AMX target exists for the AMX kernels; a line without them would
     # just be the avx512 build under another name.
-    needs_amx = any(flag.startswith("amx") for flag in target.requires)
-    return line.amx or not needs_amx
+    return line.amx or not target.has_amx
 
 
 def load_matrix(path: Path = DEFAULT_MATRIX_FILE) -> Matrix:
@@ -198,12 +207,13 @@ def _parse(raw: dict) -> Matrix:
         raise ValueError("'schema: 1'")
     targets = {
         name: Target(name, str(t["description"]), tuple(t["requires"]), str(t["cpu_instruct"]),
+                     tuple(t.get("cflags") or ()), tuple(t.get("cmake_args") or ()), bool(t.get("bf16", False)),
                      str(t["default_line"]), tuple(t["llamacpp_cmake"]))
         for name, t in raw["targets"].items()
     }
     cuda = {
-        str(ver): CudaBase(str(ver), str(c["devel_image"]), str(c["runtime_image"]), str(c["python"]),
-                           str(c["min_driver"]))
+        str(ver): CudaBase(str(ver), str(c["devel_image"]), str(c["runtime_image"]),
+                           str(c.get("base_image") or c["runtime_image"]), str(c["python"]), str(c["min_driver"]))
         for ver, c in raw["cuda"].items()
     }
     lines = {}
@@ -228,8 +238,10 @@ def _parse(raw: dict) -> Matrix:
     for target in targets.values():
         if target.default_line not in lines:
             raise ValueError(f"targets.{target.name}.default_line ({target.default_line} is no line)")
-        if target.cpu_instruct.upper() == "NATIVE":
+        if target.cpu_instruct.upper() == "NATIVE" or "-march=native" in target.cflags:
             raise ValueError(f"targets.{target.name}.cpu_instruct (NATIVE ties the image to the build host)")
+        if target.bf16 and "avx512_bf16" not in target.requires:
+            raise ValueError(f"targets.{target.name}.bf16 (BF16 kernels need avx512_bf16 in requires)")
     defaults = raw["defaults"]
     llama = raw["llamacpp"]
     llamacpp = LlamaCpp(
@@ -242,3 +254,19 @@ def _parse(raw: dict) -> Matrix:
                   default_jobs=int(defaults["jobs"]), default_numa=bool(defaults["numa"]),
                   tag_scheme=str(raw["tag_scheme"]), llamacpp=llamacpp,
                   stack=StackDefaults(**{k: str(v) for k, v in raw["stack"].items()}))
+
+
+def supported_types(line: Line, target: Target) -> tuple[str, ...]:
+    """Tensor types an engine image of this line and target computes correctly.
+    BF16 needs __AVX512BF16__ (llamafile's BF16 path): without it the AVX2 build
+    returns zeros and the AVX512 build wrong numbers, silently."""
+    return tuple(t for t in line.quant_types if target.bf16 or t != "BF16")
+
+
+def type_notes(matrix: "Matrix", target: Target) -> dict[str, str]:
+    """What `model check` says about a tensor type this target's build lacks."""
+    if target.bf16:
+        return {}
+    able = " or ".join(name for name, t in matrix.targets.items() if t.bf16)
+    return {"BF16": f"the {target.name} build has no AVX512-BF16 kernels and would compute BF16 weights wrong; "
+                    f"BF16 needs --target {able} (a CPU with avx512_bf16)"}

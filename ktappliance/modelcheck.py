@@ -207,7 +207,8 @@ def check_config(config_dir: Path) -> list[Problem]:
 
 
 def check_model(path: Path, *, config_dir: Path | None = None, supported_types: set[str] | None = None,
-                expected_arch: str | None = None, engine: str = "the engine") -> Report:
+                expected_arch: str | None = None, engine: str = "the engine",
+                type_notes: dict[str, str] | None = None) -> Report:
     report = Report()
     files, report.problems = _model_files(Path(path))
     for file in files:
@@ -239,8 +240,9 @@ def check_model(path: Path, *, config_dir: Path | None = None, supported_types: 
         if supported_types is not None:
             unsupported = sorted(set(shard.types) - supported_types)
             if unsupported:
+                notes = [type_notes[t] for t in unsupported if t in (type_notes or {})]
                 report.problems.append(Problem(str(file), f"tensor types {', '.join(unsupported)} are not supported "
-                                                          f"by {engine}"))
+                                                          f"by {engine}" + "".join(f"; {n}" for n in notes)))
     if report.shards:
         first = report.shards[0]
         if expected_arch and first.architecture != expected_arch:
@@ -266,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="the KTransformers config/tokenizer directory")
     parser.add_argument("--types", help="comma-separated tensor types the engine supports")
     parser.add_argument("--engine", default="this engine")
+    parser.add_argument("--note", action="append", default=[], metavar="TYPE=TEXT",
+                        help="what to say when a file holds tensors of TYPE")
     args = parser.parse_args(argv)
     types = set(args.types.split(",")) if args.types else None
-    report = check_model(args.model, config_dir=args.config, supported_types=types, engine=args.engine)
+    notes = dict(item.split("=", 1) for item in args.note if "=" in item)
+    report = check_model(args.model, config_dir=args.config, supported_types=types, engine=args.engine,
+                         type_notes=notes)
     for problem in report.problems:
         print(f"ktappliance: model check: {problem.line()}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import probe, recommend
 from .errors import ApplianceError
-from .matrix import DEFAULT_MATRIX_FILE, load_matrix
+from .matrix import DEFAULT_MATRIX_FILE, load_matrix, supported_types, type_notes
 
 
 def make_model_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def make_model_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="the config/tokenizer directory KTransformers reads")
     check.add_argument("--line", help="KTransformers line whose tensor types to allow (default: the newest)")
     check.add_argument("--engine", choices=("ktransformers", "llamacpp"), default="ktransformers")
+    check.add_argument("--target", help="CPU target of the engine image (BF16 weights need avx512bf16 or amx)")
     check.add_argument("--arch", help="expected general.architecture (e.g. deepseek2)")
     check.add_argument("--json", action="store_true")
     check.add_argument("--targets-file", default=str(DEFAULT_MATRIX_FILE), help=argparse.SUPPRESS)
@@ -54,6 +55,7 @@ def cmd_model(args) -> int:
     from . import catalogue, fetch, modelcheck
     if args.action == "check":
         matrix = load_matrix(Path(args.targets_file))
+        notes: dict[str, str] = {}
         if args.engine == "llamacpp":
             types, engine = None, "llama.cpp"
         else:
@@ -62,8 +64,12 @@ def cmd_model(args) -> int:
                 raise ApplianceError(f"unknown KTransformers line {args.line!r}; known lines: {', '.join(matrix.lines)}")
             line = line or list(matrix.lines.values())[-1]
             types, engine = set(line.quant_types), f"KTransformers {line.name}"
+            if args.target:
+                target = matrix.target(args.target)
+                types, engine = set(supported_types(line, target)), f"{engine} for {target.name}"
+                notes = type_notes(matrix, target)
         report = modelcheck.check_model(args.path, config_dir=args.config, supported_types=types,
-                                        expected_arch=args.arch, engine=engine)
+                                        expected_arch=args.arch, engine=engine, type_notes=notes)
         if args.json:
             print(report.to_json())
         else:
@@ -122,6 +128,8 @@ def cmd_plan(args) -> int:
             raise ApplianceError("no supported target for this CPU (it needs AVX2 and FMA)")
         line = matrix.select(target, args.line, None, numa).line
     fit = sizing.plan_fit(facts, entry, weights, types, engine=args.engine, line=line, numa=numa,
-                          amx_target=target == "amx", alternatives=alternatives)
+                          amx_target=target == "amx", alternatives=alternatives,
+                          target=matrix.target(target) if line else None,
+                          type_notes=type_notes(matrix, matrix.target(target)) if line else {})
     print(fit.to_json() if args.json else fit.to_text())
     return 0

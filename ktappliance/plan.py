@@ -89,6 +89,22 @@ class BuildPlan:
     def flash_attn_pin(self) -> str:
         return "skip" if self.flash_attn == "skip" else self.selection.line.flash_attn
 
+    def compile_env(self) -> dict[str, str]:
+        """What images/engine/build-ktransformers.sh compiles with: the same
+        values in the Dockerfile, the AutoDL bundle and the GPU tier."""
+        sel = self.selection
+        return {
+            "KT_TAG": sel.line.tag, "KT_COMMIT": sel.line.commit,
+            "CPU_INSTRUCT": sel.target.cpu_instruct,
+            "KT_REQUIRED_FLAGS": " ".join(sel.target.requires),
+            "KT_CFLAGS": " ".join(sel.target.cflags),
+            "KT_CMAKE_ARGS": " ".join(sel.target.cmake_args),
+            "KT_NUMA": "1" if sel.numa else "0",
+            "TORCH_CUDA_ARCH_LIST": self.cuda_arch_list,
+            "KT_JOBS": str(self.jobs),
+            "KT_FLASH_ATTN": self.flash_attn_pin,
+        }
+
     def labels(self) -> dict[str, str]:
         sel = self.selection
         return {
@@ -100,6 +116,8 @@ class BuildPlan:
             "ai.ktappliance.numa": "true" if sel.numa else "false",
             "ai.ktappliance.cpu-instruct": sel.target.cpu_instruct,
             "ai.ktappliance.cpu-flags": " ".join(sel.target.requires),
+            "ai.ktappliance.cflags": " ".join(sel.target.cflags),
+            "ai.ktappliance.bf16": "true" if sel.target.bf16 else "false",
             "ai.ktappliance.torch": sel.torch.version,
             "ai.ktappliance.torch-cuda-arch-list": self.cuda_arch_list,
             "ai.ktappliance.flash-attn": self.flash_attn_pin,
@@ -175,7 +193,7 @@ def make_plan(selection: Selection, *, source: str | None = None, cuda_arch_list
         jobs=jobs or default_jobs,
         flash_attn=flash_attn,
         devel_image=base_image or selection.cuda.devel_image,
-        runtime_image=runtime_base_image or selection.cuda.runtime_image,
+        runtime_image=runtime_base_image or selection.cuda.base_image,
         network=network or NetworkOptions(),
         image_tag=tag or selection.image_tag,
         cache_namespace=cache_namespace,

@@ -20,7 +20,7 @@ CAPTURE_FILES = ("lscpu.txt", "cpuinfo.txt", "meminfo.txt", "numa.txt", "nvidia-
 # The flags detect reports: what the targets need plus what users ask about.
 FLAGS_OF_INTEREST = (
     "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl",
-    "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+    "avx512_vnni", "avx512_bf16", "avx512_vpopcntdq", "amx_tile", "amx_int8", "amx_bf16",
 )
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap",
                     "--format=csv"]

@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from .catalogue import GB, ModelEntry
-from .matrix import Line
+from .matrix import Line, Target, supported_types
 from .probe import HostFacts
 
 GIB = 2**30
@@ -94,7 +94,8 @@ def optimize_rule(line: Line, gpu_count: int, bf16_weights: bool, amx_target: bo
 
 def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_types: set[str], *,
              engine: str, line: Line | None, numa: bool, amx_target: bool = False,
-             alternatives: dict[str, int] | None = None) -> FitPlan:
+             alternatives: dict[str, int] | None = None, target: Target | None = None,
+             type_notes: dict[str, str] | None = None) -> FitPlan:
     nodes = facts.numa_node_count or 1
     copies = nodes if (numa and engine == "ktransformers") else 1
     ram_have = facts.ram_mib * 2**20 if facts.ram_mib else None
@@ -103,6 +104,7 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
     ram_needed = weights_bytes * copies + RUNTIME_OVERHEAD
     notes: list[str] = []
     settings: dict[str, object] = {}
+    unsupported: list[str] = []
 
     if engine == "ktransformers":
         vram_needed = KT_BASE_VRAM
@@ -116,10 +118,12 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
             free = max(0, vram_have - KT_BASE_VRAM)
             lens = int(free // model.kv_bytes_per_token) // 1024 * 1024
             settings["cache_lens"] = max(CACHE_LENS_MIN, min(CACHE_LENS_MAX, lens))
-        unsupported = sorted(weight_types - set(line.quant_types)) if line else []
+        runnable = set(supported_types(line, target) if target else line.quant_types) if line else set()
+        unsupported = sorted(weight_types - runnable) if line else []
         if unsupported:
             notes.append(f"KTransformers {line.name} cannot run tensor types {', '.join(unsupported)}: "
                          "pick a newer line or another quant")
+            notes.extend(type_notes[t] for t in unsupported if t in (type_notes or {}))
     else:
         vram_needed = 0
         if vram_have:
@@ -132,7 +136,7 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
 
     fits_ram = ram_have is None or ram_needed <= ram_have
     fits_vram = vram_needed == 0 or (vram_have is not None and vram_have >= vram_needed)
-    fits_types = not (engine == "ktransformers" and line and set(weight_types) - set(line.quant_types))
+    fits_types = not (engine == "ktransformers" and line and unsupported)
     if engine == "ktransformers" and vram_have is None:
         notes.append("no NVIDIA GPU found (nvidia-smi gave nothing): KTransformers needs one; "
                      "--engine llamacpp runs on the CPU alone")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HOSTS = Path(os.environ.get("KTA_SHARED", REPO.parent / "shared")) / "fixtures" / "hosts"
+# Real host captures, kept in the repository so that a clone tests itself.
+HOSTS = REPO / "tests" / "fixtures" / "hosts"
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture(scope="session")
 def hosts_dir() -> Path:
     if not HOSTS.is_dir():
-        pytest.fail(f"host captures not found at {HOSTS} (set KTA_SHARED)")
+        pytest.fail(f"host captures not found at {HOSTS}")
     return HOSTS
 
 
@@ -48,8 +49,8 @@ def tiny_models(tmp_path_factory):
 # ---------------------------------------------------------------- Docker tiers
 # Each image is built once per run (session fixtures) and shared by the tests
 # of both tiers that need it.
-from support.settings import (API_TAG, ENGINE_NUMA_TAG, ENGINE_TAG, LLAMACPP_TAG, WEBUI_TAG,  # noqa: E402
-                              engine_build_args)
+from support.settings import (API_TAG, ENGINE_AMX_TAG, ENGINE_NUMA_TAG, ENGINE_TAG, LLAMACPP_TAG,  # noqa: E402
+                              WEBUI_TAG, engine_build_args)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +92,7 @@ def webui_image(bases, docker_client):
 @pytest.fixture(scope="session")
 def engine_image(bases, docker_client):
     from support import dockerenv
-    dockerenv.build_py(*engine_build_args(ENGINE_TAG, numa=False), log_name="engine-avx2")
+    dockerenv.build_py(*engine_build_args(ENGINE_TAG), log_name="engine-avx2")
     return docker_client.images.get(ENGINE_TAG)
 
 
@@ -101,3 +102,10 @@ def engine_numa_image(engine_image, docker_client):
     from support import dockerenv
     dockerenv.build_py(*engine_build_args(ENGINE_NUMA_TAG, numa=True), log_name="engine-avx2-numa")
     return docker_client.images.get(ENGINE_NUMA_TAG)
+
+
+@pytest.fixture(scope="session")
+def engine_amx_image(bases, docker_client):
+    from support import dockerenv
+    dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"), log_name="engine-amx")
+    return docker_client.images.get(ENGINE_AMX_TAG)

@@ -58,9 +58,11 @@ case "$KTA_ENGINE" in
                 KT_BUILD_PIP="$KT_BUILD_PIP" "$home/engine/install-build-deps.sh"
             source=https://github.com/kvcache-ai/ktransformers.git
             [ ! -f "$here/sources/ktransformers.tar.gz" ] || source="$here/sources/ktransformers.tar.gz"
+            # The compile settings bundle.env holds are the ones the Dockerfile passes.
             KT_SOURCE=$source KT_TAG=$KT_TAG KT_COMMIT=$KT_COMMIT CPU_INSTRUCT=$CPU_INSTRUCT KT_NUMA=$KT_NUMA \
-                TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" KT_FLASH_ATTN="$KT_FLASH_ATTN" KT_WHEEL_DIR=/opt/ktappliance/wheels \
-                "$home/engine/build-ktransformers.sh"
+                KT_REQUIRED_FLAGS="$KT_REQUIRED_FLAGS" KT_CFLAGS="$KT_CFLAGS" KT_CMAKE_ARGS="$KT_CMAKE_ARGS" \
+                KT_JOBS="$KT_JOBS" TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" KT_FLASH_ATTN="$KT_FLASH_ATTN" \
+                KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/build-ktransformers.sh"
             KT_APT_RUNTIME="$KT_APT_RUNTIME" KT_TORCH="$KT_TORCH" KT_TORCH_INDEX="${KT_TORCH_INDEX:-}" \
                 KT_RUNTIME_PIP="${KT_RUNTIME_PIP:-}" \
                 KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/install-runtime.sh"

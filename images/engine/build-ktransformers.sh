@@ -4,9 +4,12 @@
 #   KT_SOURCE       git URL, or a local source directory or .tar.gz
 #   KT_TAG KT_COMMIT   with a git URL: the tag to clone and the commit it must be
 #   CPU_INSTRUCT    AVX2 | AVX512 | FANCY (never NATIVE for a shipped image)
+#   KT_REQUIRED_FLAGS  the target's CPU flags: what `lscpu` reports during the compile
+#   KT_CFLAGS       the target's extra -m flags (C and C++); KT_CMAKE_ARGS its llama.cpp switches
 #   KT_NUMA         1 to build with NUMA. Upstream tests `if(DEFINED ENV{USE_NUMA})`,
 #                   so USE_NUMA=0 would turn it ON: it is exported only when wanted.
 #   TORCH_CUDA_ARCH_LIST, KT_JOBS, KT_WHEEL_DIR, KT_VENV, KT_FLASH_ATTN (version or "skip")
+# Options: --print-env / --print-lscpu show what the compile would see, and stop.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
@@ -22,11 +25,15 @@ case "${CPU_INSTRUCT:?}" in
     AVX2|AVX512|FANCY) ;;
     *) echo "build-ktransformers: CPU_INSTRUCT must be AVX2, AVX512 or FANCY, not $CPU_INSTRUCT" >&2; exit 2 ;;
 esac
+case " ${KT_CFLAGS:-} " in
+    *march=native*) echo "build-ktransformers: -march=native ties the build to this machine" >&2; exit 2 ;;
+esac
 
 export KTRANSFORMERS_FORCE_BUILD=TRUE CPU_INSTRUCT
 export MAX_JOBS="$jobs" CMAKE_BUILD_PARALLEL_LEVEL="$jobs"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:?}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export CFLAGS="${KT_CFLAGS:-}" CXXFLAGS="${KT_CFLAGS:-}" CMAKE_ARGS="${KT_CMAKE_ARGS:-}"
 unset USE_NUMA
 if [ "${KT_NUMA:-0}" = 1 ]; then
     export USE_NUMA=1
@@ -37,11 +44,28 @@ if command -v ccache >/dev/null 2>&1; then
     export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
     export PYTORCH_NVCC="ccache $CUDA_HOME/bin/nvcc"
 fi
-if [ "${1:-}" = --print-env ]; then
-    # What the compile will see; the unit tests check USE_NUMA here.
-    env | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST)=' | sort
-    exit 0
-fi
+
+# v0.3.2's CMakeLists runs `lscpu` and compiles the AVX-512 and AMX code when
+# its output says "avx512" / "amx": that must be the target's answer, never the
+# build machine's (an AMX builder broke avx512 builds; a builder without AMX
+# silently dropped the AMX backends from amx builds).
+lscpu_dir=$(mktemp -d)
+trap 'rm -rf "$lscpu_dir"' EXIT
+printf '#!/bin/sh\n# ktappliance: the flags of the target being compiled for.\necho "Architecture:        x86_64"\necho "Flags:               %s"\n' \
+    "${KT_REQUIRED_FLAGS:?}" >"$lscpu_dir/lscpu"
+chmod +x "$lscpu_dir/lscpu"
+PATH="$lscpu_dir:$PATH"
+export PATH
+
+case "${1:-}" in
+    --print-env)
+        env | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST|CFLAGS|CXXFLAGS|CMAKE_ARGS)=' | sort
+        exit 0 ;;
+    --print-lscpu)
+        lscpu
+        exit 0 ;;
+esac
+
 # A fresh tree every time: upstream builds in-tree and a stale build dir keeps
 # the previous NUMA setting (upstream #634, #796).
 rm -rf "$workdir"
@@ -49,13 +73,15 @@ mkdir -p "$workdir" "$wheels"
 [ -z "${CCACHE_DIR:-}" ] || mkdir -p "$CCACHE_DIR"
 case "${KT_SOURCE:?}" in
     http://*|https://*|git@*)
-        git clone -q --depth 1 --branch "${KT_TAG:?}" --recurse-submodules --shallow-submodules \
-            "$KT_SOURCE" "$workdir"
+        git clone -q --depth 1 --branch "${KT_TAG:?}" "$KT_SOURCE" "$workdir"
         actual=$(git -C "$workdir" rev-parse HEAD)
         case "$actual" in
             "${KT_COMMIT:?}"*) ;;
             *) echo "build-ktransformers: tag $KT_TAG is $actual, expected $KT_COMMIT" >&2; exit 2 ;;
-        esac ;;
+        esac
+        # Only the submodules the default build compiles; v0.3.2 lists five
+        # more that only balance_serve uses.
+        git -C "$workdir" submodule update -q --init --depth 1 third_party/llama.cpp third_party/pybind11 ;;
     *.tar.gz|*.tgz)
         tar -xzf "$KT_SOURCE" -C "$workdir" --strip-components=1 ;;
     *)
@@ -65,19 +91,10 @@ esac
 [ -f "$workdir/setup.py" ] || { echo "build-ktransformers: $KT_SOURCE holds no setup.py" >&2; exit 2; }
 
 echo "build-ktransformers: CPU_INSTRUCT=$CPU_INSTRUCT USE_NUMA=${USE_NUMA:-<unset>} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST jobs=$jobs"
+echo "build-ktransformers: CFLAGS='$CFLAGS' CMAKE_ARGS='$CMAKE_ARGS'; lscpu reports: $KT_REQUIRED_FLAGS"
 cd "$workdir"
 # -v: the compile takes many minutes; its lines are the progress.
 PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
 
-case "${KT_FLASH_ATTN:-skip}" in
-    skip) echo "build-ktransformers: flash-attn skipped (KT_FLASH_ATTN=skip)" ;;
-    *)
-        # flash-attn's setup.py fetches a prebuilt wheel matching torch/CUDA/Python
-        # from its release page and compiles only when none matches; the compile
-        # is then bounded to our CUDA archs and job count.
-        FLASH_ATTN_CUDA_ARCHS=$(echo "$TORCH_CUDA_ARCH_LIST" | tr ';' '\n' | sed 's/[^0-9]//g' | tr '\n' ';' | sed 's/;$//')
-        export FLASH_ATTN_CUDA_ARCHS
-        PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel --no-build-isolation --no-deps -w "$wheels" \
-            "flash-attn==$KT_FLASH_ATTN" ;;
-esac
+KT_WHEEL_DIR="$wheels" "$here/build-flash-attn.sh"
 ls -l "$wheels"

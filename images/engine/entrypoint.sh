@@ -11,6 +11,13 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 venv=${KT_VENV:-/opt/venv}
+# An image built with --flash-attn skip loads the model and then fails on the
+# first prompt (v0.2.3 imports flash_attn with the attention rule, v0.3.2 calls
+# it for every prefill): refuse now, where the reason is plain.
+if ! "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("flash_attn") is None)'; then
+    echo "ktappliance: this engine was built without flash-attn (--flash-attn skip) and would fail on the first prompt; rebuild it with: python build.py --flash-attn wheel (the default)" >&2
+    exit 4
+fi
 # A user other than the image's own gets its own writable KTransformers config
 # (checked here first: the script imports ktransformers, which takes seconds).
 [ -f "${HOME:-/root}/.ktransformers/config.yaml" ] || "$venv/bin/python" "$here/kt-user-config.py"
@@ -19,7 +26,7 @@ venv=${KT_VENV:-/opt/venv}
 if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
     "$venv/bin/python" "$here/../common/modelcheck.py" "${KT_GGUF_PATH:-/models/gguf}" \
         --config "${KT_MODEL_PATH:-/models/config}" --types "${KT_QUANT_TYPES:-}" \
-        --engine "KTransformers ${KT_LINE:-}" || exit 2
+        --engine "KTransformers ${KT_LINE:-} for ${KT_TARGET:-}" ${KT_BF16_NOTE:+--note "BF16=$KT_BF16_NOTE"} || exit 2
 fi
 if [ -z "${KT_CPU_INFER:-}" ]; then
     # Physical cores minus two for the server and the GPU feeder threads.

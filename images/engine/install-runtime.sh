@@ -1,6 +1,12 @@
 #!/bin/sh
-# The engine's runtime: Python, the pinned torch and the wheels built by
-# build-ktransformers.sh; no compilers, no source tree.
+# The engine's runtime: Python, the pinned torch, the wheels built by
+# build-ktransformers.sh, and the C toolchain Triton needs at run time; no
+# build tree, no CUDA toolkit, no C++ compiler.
+# Usage: install-runtime.sh [base|wheels|all]   (default all)
+#   base    apt packages, the venv and torch: needs nothing from the compile,
+#           so the Dockerfile runs it while the builder stage compiles
+#   wheels  the built wheels, then the checks that fail the build instead of
+#           the first chat: libstdc++, the server's imports, Triton's compiler
 # Env: KT_APT_RUNTIME, KT_TORCH, KT_TORCH_INDEX, KT_RUNTIME_PIP, KT_WHEEL_DIR, KT_VENV, KT_USER.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -8,30 +14,58 @@ common="$here/../common"
 [ -d "$common" ] || common="$here"
 venv=${KT_VENV:-/opt/venv}
 wheels=${KT_WHEEL_DIR:-/wheels}
+phase=${1:-all}
 
-if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+pip_install() {
+    if [ -n "${KT_TORCH_INDEX:-}" ]; then
+        "$venv/bin/pip" install --progress-bar off "$@" --index-url "$KT_TORCH_INDEX" \
+            --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}"
+    else
+        "$venv/bin/pip" install --progress-bar off "$@"
+    fi
+}
+
+install_base() {
+    if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+        # shellcheck disable=SC2086
+        "$common/apt-install.sh" python3 python3-venv ca-certificates libstdc++6 $KT_APT_RUNTIME
+    fi
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    pip_install "torch==$KT_TORCH"
+}
+
+install_wheels() {
     # shellcheck disable=SC2086
-    "$common/apt-install.sh" python3 python3-venv ca-certificates libstdc++6 $KT_APT_RUNTIME
-fi
+    set -- "torch==$KT_TORCH" ${KT_RUNTIME_PIP:-}
+    for wheel in "$wheels"/*.whl; do
+        [ -f "$wheel" ] || { echo "install-runtime: no wheels in $wheels" >&2; exit 1; }
+        set -- "$@" "$wheel"
+    done
+    pip_install "$@"
+    "$venv/bin/python" "$here/check-libstdcxx.py"
+    "$venv/bin/python" "$here/check-triton-toolchain.py"
+    # The server's own imports, in a throw-away home: `ktransformers --help`
+    # loads the app module and every endpoint schema (v0.3.2 died here on an
+    # undeclared `openai`), then the backend the server starts.
+    check_home=$(mktemp -d)
+    HOME="$check_home" "$venv/bin/python" "$here/kt-user-config.py" "$check_home"
+    HOME="$check_home" "$venv/bin/ktransformers" --help >/dev/null
+    HOME="$check_home" "$venv/bin/python" -c 'import ktransformers.server.main, cpuinfer_ext, KTransformersOps'
+    rm -rf "$check_home"
+    if [ -n "${KT_USER:-}" ]; then
+        id "$KT_USER" >/dev/null 2>&1 || useradd --create-home --uid 10001 --shell /bin/sh "$KT_USER"
+        user_home=$(getent passwd "$KT_USER" | cut -d: -f6)
+        "$venv/bin/python" "$here/kt-user-config.py" "$user_home"
+        chown -R "$KT_USER:" "$user_home/.ktransformers"
+    fi
+}
+
 # shellcheck source=../common/network.sh
 . "$common/network.sh"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --upgrade pip
-# shellcheck disable=SC2086
-set -- "torch==$KT_TORCH" ${KT_RUNTIME_PIP:-}
-for wheel in "$wheels"/*.whl; do
-    set -- "$@" "$wheel"
-done
-if [ -n "${KT_TORCH_INDEX:-}" ]; then
-    "$venv/bin/pip" install --progress-bar off "$@" --index-url "$KT_TORCH_INDEX" \
-        --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}"
-else
-    "$venv/bin/pip" install --progress-bar off "$@"
-fi
-"$venv/bin/python" "$here/check-libstdcxx.py"
-if [ -n "${KT_USER:-}" ]; then
-    id "$KT_USER" >/dev/null 2>&1 || useradd --create-home --uid 10001 --shell /bin/sh "$KT_USER"
-    user_home=$(getent passwd "$KT_USER" | cut -d: -f6)
-    "$venv/bin/python" "$here/kt-user-config.py" "$user_home"
-    chown -R "$KT_USER:" "$user_home/.ktransformers"
-fi
+case "$phase" in
+    base) install_base ;;
+    wheels) install_wheels ;;
+    all) install_base; install_wheels ;;
+    *) echo "install-runtime: unknown phase $phase (base, wheels or all)" >&2; exit 2 ;;
+esac

@@ -1,30 +1,44 @@
-"""The KTransformers engine image, compiled for real from the PyPI sdist on the
-stand-in CUDA 13 bases, checked with testinfra in a running container.
+"""The KTransformers engine images of the lines we ship, compiled for real from
+upstream's source at the pinned tags (../shared/sources, else the git tag) on
+the stand-in CUDA 13 bases: v0.2.3 for avx2 (and its NUMA variant), v0.3.2 for
+amx. Checked with testinfra in running containers.
 
-Not covered here (no GitHub, no GPU): the pinned git tag download, flash-attn
-(built with --flash-attn skip; its wheel comes from GitHub), and loading a
-model on a GPU."""
+Not covered here (no GitHub, no GPU): flash-attn (its wheel is on GitHub; the
+images are built with --flash-attn skip, which they must refuse to serve),
+and running a model, which the GPU tier (tests/gpu) does."""
 
-import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import testinfra
 
 from support import dockerenv
-from support.settings import ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
+from support.settings import ENGINE_AMX_TAG, ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
 
 pytestmark = pytest.mark.image
 SITE = "/opt/venv/lib/python3.11/site-packages"
+STANDIN = Path(__file__).resolve().parents[1] / "support" / "flash_attn_standin"
+# Just enough of the CPU guard's list to pass on any x86-64 CI machine, for
+# tests that only inspect an image built for a CPU this machine may lack.
+GUARD_PASS = {"KT_REQUIRED_FLAGS": "avx2"}
+# AMX tile instructions as objdump prints them.
+AMX_MNEMONICS = ("ldtilecfg", "tileloadd", "tdpbssd", "tdpbf16ps", "tilestored")
 
 
-@pytest.fixture(scope="module")
-def engine(engine_image, docker_client):
-    # Through the real entrypoint: the CPU guard passes on this AVX-512 host,
-    # then a non-flag command runs instead of the server.
-    container = docker_client.containers.run(ENGINE_TAG, ["sleep", "infinity"], detach=True, remove=True)
+def start(client, image, environment: dict | None = None):
+    container = client.containers.run(image, ["sleep", "infinity"], detach=True, remove=True,
+                                      environment=environment or {})
+    return container, testinfra.get_host(f"docker://{container.id}")
+
+
+@pytest.fixture(scope="module", params=["v0.2.3-avx2", "v0.3.2-amx"])
+def engine(request, docker_client):
+    image = request.getfixturevalue("engine_image" if request.param == "v0.2.3-avx2" else "engine_amx_image")
+    container, host = start(docker_client, image.id, GUARD_PASS)
+    host.image = image
     try:
-        yield testinfra.get_host(f"docker://{container.id}")
+        yield host
     finally:
         container.kill()
 
@@ -33,44 +47,108 @@ def extension(host, name):
     return host.check_output(f"ls {SITE}/{name}*.so")
 
 
-def test_extensions_import_and_cli_runs(engine):
-    engine.run_expect([0], "python -c 'import torch, cpuinfer_ext, KTransformersOps'")
+def disassembly(image_id: str, name: str, tmp_path: Path) -> str:
+    container = subprocess.run(["docker", "create", "--entrypoint", "true", image_id],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        path = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image_id, "-c", f"ls {SITE}/{name}*.so"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(["docker", "cp", f"{container}:{path}", str(tmp_path / f"{name}.so")], check=True)
+    finally:
+        subprocess.run(["docker", "rm", container], capture_output=True)
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tmp_path / f"{name}.so")],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_extensions_import_and_the_server_starts_its_imports(engine):
+    engine.run_expect([0], "python -c 'import torch, cpuinfer_ext, KTransformersOps, ktransformers.server.main'")
     help_text = engine.check_output("ktransformers --help")
     assert "--gguf_path" in help_text and "--port" in help_text
 
 
-def test_avx2_build_has_no_avx512_instructions(engine_image, tmp_path):
-    objdump = shutil.which("objdump")
-    assert objdump, "binutils missing on the test host"
-    container = engine_image.client.containers.create(ENGINE_TAG, ["true"])
+def test_the_serving_path_imports_once_flash_attn_is_there(engine, tmp_path):
+    # Everything the server loads for the DeepSeek rule except flash-attn, which
+    # these images leave out: with the test stand-in on PYTHONPATH, the rest
+    # must import (v0.3.2 died here on `openai`).
+    container = engine.backend.name
+    subprocess.run(["docker", "cp", str(STANDIN), f"{container}:/tmp/standin"], check=True)
+    modules = ["ktransformers.operators.attention", "ktransformers.operators.experts",
+               "ktransformers.operators.triton_attention", "ktransformers.server.backend.interfaces.ktransformers",
+               "ktransformers.server.schemas.endpoints.chat"]
+    imports = "; ".join(f"import {m}" for m in modules)
+    engine.run_expect([0], f"cd /tmp && PYTHONPATH=/tmp/standin python -c '{imports}'")
+    without = engine.run(f"cd /tmp && python -c 'import {modules[0]}'")
+    assert without.rc != 0 and "flash_attn" in without.stderr
+
+
+def test_triton_can_build_its_launcher_as_the_runtime_user(engine):
+    # Triton compiles a C launcher against Python.h on the first kernel launch.
+    assert engine.user().name == "kt"
+    out = engine.check_output("python /opt/ktappliance/engine/check-triton-toolchain.py")
+    assert "builds and loads Python extensions" in out
+
+
+def test_flash_attn_skip_is_labelled_and_refused_at_start(engine, docker_client):
+    assert engine.image.labels["ai.ktappliance.flash-attn"] == "skip"
+    done = subprocess.run(["docker", "run", "--rm", "-e", "KT_REQUIRED_FLAGS=avx2", engine.image.id],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--flash-attn skip" in lines[0] and "build.py --flash-attn wheel" in lines[0]
+
+
+def test_avx2_build_has_no_avx512_and_no_amx(engine_image, tmp_path):
+    code = disassembly(engine_image.id, "cpuinfer_ext", tmp_path)
+    assert code.count("%zmm") == 0
+    assert code.count("%ymm") > 1000  # the AVX2 kernels are there
+    assert not any(op in code for op in AMX_MNEMONICS)
+
+
+def test_amx_build_has_the_amx_backends(engine_amx_image, tmp_path, docker_client):
+    code = disassembly(engine_amx_image.id, "cpuinfer_ext", tmp_path)
+    assert all(op in code for op in ("ldtilecfg", "tileloadd", "tdpbssd")), "no AMX tile instructions"
+    assert "vdpbf16ps" in code and "%zmm" in code  # the AVX512-BF16 kernels the target's flags switch on
+    out = docker_client.containers.run(
+        engine_amx_image.id, ["python", "-c", "import cpuinfer_ext; print(cpuinfer_ext.moe.AMXInt8_MOE, "
+                                              "cpuinfer_ext.moe.AMXBF16_MOE)"],
+        environment=GUARD_PASS, remove=True).decode()
+    assert "AMXInt8_MOE" in out
+
+
+def test_avx2_image_lacks_the_amx_backends(engine_image, docker_client):
+    out = docker_client.containers.run(
+        engine_image.id, ["python", "-c", "import cpuinfer_ext; print(hasattr(cpuinfer_ext.moe, 'AMXInt8_MOE'))"],
+        remove=True).decode()
+    assert out.strip() == "False"
+
+
+def test_labels_match_the_target(engine_image, engine_amx_image):
+    for image, target, line, commit, instruct in ((engine_image, "avx2", "v0.2.3", "63b1c852", "AVX2"),
+                                                  (engine_amx_image, "amx", "v0.3.2", "495ae374", "FANCY")):
+        labels = image.labels
+        assert labels["ai.ktappliance.target"] == target
+        assert labels["ai.ktappliance.cpu-instruct"] == instruct
+        assert labels["ai.ktappliance.line"] == line
+        assert labels["org.opencontainers.image.version"] == line  # the tag, whatever the tree calls itself
+        assert labels["ai.ktappliance.commit"] == commit
+        assert labels["ai.ktappliance.numa"] == "false"
+        assert labels["ai.ktappliance.cuda"] == "13.0"
+        assert labels["ai.ktappliance.torch-cuda-arch-list"] == "9.0"
+    assert engine_amx_image.labels["ai.ktappliance.bf16"] == "true"
+    # BF16 weights only where the build has AVX512-BF16 kernels.
+    for image, bf16 in ((engine_image, False), (engine_amx_image, True)):
+        env = dict(item.split("=", 1) for item in image.attrs["Config"]["Env"])
+        assert ("BF16" in env["KT_QUANT_TYPES"].split(",")) == bf16
+
+
+def test_numa_only_in_the_numa_build(engine_image, engine_numa_image, docker_client):
+    container, host = start(docker_client, engine_image.id)
     try:
-        path = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", ENGINE_TAG, "-c",
-                               f"ls {SITE}/cpuinfer_ext*.so"], capture_output=True, text=True, check=True).stdout.strip()
-        subprocess.run(["docker", "cp", f"{container.id}:{path}", str(tmp_path / "ext.so")], check=True)
+        assert "libnuma" not in host.check_output(f"ldd {extension(host, 'cpuinfer_ext')}")
     finally:
-        container.remove()
-    disassembly = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(tmp_path / "ext.so")],
-                                 capture_output=True, text=True, check=True).stdout
-    assert disassembly.count("%zmm") == 0
-    assert disassembly.count("%ymm") > 1000  # the AVX2 kernels are there
-
-
-def test_labels_match_the_target(engine_image):
-    labels = engine_image.labels
-    assert labels["ai.ktappliance.target"] == "avx2"
-    assert labels["ai.ktappliance.cpu-instruct"] == "AVX2"
-    assert labels["ai.ktappliance.line"] == "v0.2.1"
-    assert labels["ai.ktappliance.commit"] == "65d73ea3"
-    assert labels["ai.ktappliance.numa"] == "false"
-    assert labels["ai.ktappliance.cuda"] == "13.0"
-    assert labels["ai.ktappliance.torch-cuda-arch-list"] == "9.0"
-
-
-def test_numa_only_in_the_numa_build(engine, engine_numa_image, docker_client):
-    assert "libnuma" not in engine.check_output(f"ldd {extension(engine, 'cpuinfer_ext')}")
-    container = docker_client.containers.run(engine_numa_image.id, ["sleep", "infinity"], detach=True, remove=True)
+        container.kill()
+    container, numa_host = start(docker_client, engine_numa_image.id)
     try:
-        numa_host = testinfra.get_host(f"docker://{container.id}")
         assert "libnuma.so" in numa_host.check_output(f"ldd {extension(numa_host, 'cpuinfer_ext')}")
     finally:
         container.kill()
@@ -78,17 +156,18 @@ def test_numa_only_in_the_numa_build(engine, engine_numa_image, docker_client):
 
 
 def test_runtime_is_lean_and_not_root(engine):
-    for tool in ("nvcc", "gcc", "g++", "cc", "cmake", "ccache", "git"):
+    # gcc, libc headers and Python.h stay (Triton); the rest of a build does not.
+    for tool in ("nvcc", "g++", "c++", "cmake", "ccache", "git"):
         assert not engine.exists(tool), f"{tool} in the runtime image"
+    assert engine.exists("gcc")
+    assert not engine.file("/usr/local/cuda/bin/nvcc").exists
     assert not engine.file("/build").exists
     assert not engine.file("/wheels").exists
-    # The source tree's mark: its vendored llama.cpp and pybind11.
-    # (The wheel ships setup.py and CMakeLists.txt as package data; no sign.)
-    assert engine.run("find / -xdev -type d -path '*/third_party/llama.cpp' -not -path '*.dist-info/*' -not -path '/proc/*'").stdout == ""
-    assert engine.run("find / -xdev -type d -path '*/third_party/pybind11' -not -path '*.dist-info/*' -not -path '/proc/*'").stdout == ""
+    for mark in ("third_party/llama.cpp", "third_party/pybind11"):
+        assert engine.run(f"find / -xdev -type d -path '*/{mark}' -not -path '*.dist-info/*' "
+                          "-not -path '/proc/*'").stdout == ""
     assert not engine.file("/src").exists
     assert engine.user().uid != 0
-    assert engine.user().name == "kt"
 
 
 def test_libstdcxx_fits_the_extensions(engine):
@@ -96,10 +175,11 @@ def test_libstdcxx_fits_the_extensions(engine):
     assert "extensions fit this libstdc++" in out
 
 
-def test_history_holds_no_secrets(engine_image):
-    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", ENGINE_TAG],
+def test_history_holds_no_secrets(engine):
+    tag = engine.image.id
+    history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", tag],
                              capture_output=True, text=True, check=True).stdout
-    inspect = subprocess.run(["docker", "image", "inspect", ENGINE_TAG], capture_output=True, text=True,
+    inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True,
                              check=True).stdout
     with open(dockerenv.CA_BUNDLE) as handle:
         ca_line = next(line for line in handle if line.strip() and "CERTIFICATE" not in line and not line.startswith("#"))
@@ -118,7 +198,7 @@ def flags_this_cpu_lacks() -> list[str]:
     return amx if lacking else amx + ["sse4a"]
 
 
-def test_cpu_guard_refuses_a_target_this_cpu_lacks(docker_client):
+def test_cpu_guard_refuses_a_target_this_cpu_lacks():
     # The same entrypoint, told the image needs flags this CPU lacks: refused
     # with one line, before anything else runs.
     required = flags_this_cpu_lacks()
@@ -128,3 +208,12 @@ def test_cpu_guard_refuses_a_target_this_cpu_lacks(docker_client):
     assert "should-not-run" not in done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "built for the amx target" in lines[0]
+
+
+def test_amx_image_refuses_this_cpu_unless_it_has_amx():
+    host = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+    done = subprocess.run(["docker", "run", "--rm", ENGINE_AMX_TAG, "echo", "ran"], capture_output=True, text=True)
+    if {"amx_tile", "amx_int8", "amx_bf16", "avx512_vpopcntdq"} <= host:
+        assert done.returncode == 0 and "ran" in done.stdout
+    else:
+        assert done.returncode == 3 and "built for the amx target" in done.stderr

@@ -91,6 +91,14 @@ def pypi_sdist(name: str, version: str) -> Path:
     return path
 
 
+def ktransformers_source(line: str) -> Path | None:
+    """Upstream's tree at the line's pinned tag from ../shared/sources (KTA_SHARED
+    to move it), or None: the build then clones the pinned tag itself."""
+    shared = Path(os.environ.get("KTA_SHARED", REPO.parent / "shared"))
+    tarball = shared / "sources" / f"ktransformers-{line}.tar.gz"
+    return tarball if tarball.is_file() else None
+
+
 def build_py_argv() -> list[str]:
     return [sys.executable, str(REPO / "build.py")]
 

@@ -14,13 +14,24 @@ def matrix():
 
 
 def test_targets_and_lines_from_the_issue(matrix):
-    assert list(matrix.targets) == ["avx2", "avx512", "amx"]
+    assert list(matrix.targets) == ["avx2", "avx512", "avx512vnni", "avx512bf16", "amx"]
+    # Each target needs every flag of the one before it: detection picks the last that fits.
+    names = list(matrix.targets)
+    for weaker, stronger in zip(names, names[1:]):
+        assert set(matrix.targets[weaker].requires) <= set(matrix.targets[stronger].requires)
+    assert [n for n, t in matrix.targets.items() if t.bf16] == ["avx512bf16", "amx"]
     assert matrix.lines["v0.2.3"].commit == "63b1c852"
     assert matrix.lines["v0.3.2"].commit == "495ae374"
     assert matrix.targets["avx2"].default_line == "v0.2.3"
     assert matrix.targets["avx512"].default_line == "v0.2.3"
     assert matrix.targets["amx"].default_line == "v0.3.2"
     assert "12.4" in matrix.lines["v0.2.3"].torch_by_cuda and "12.6" in matrix.lines["v0.3.2"].torch_by_cuda
+    # CUDA 13.0 is the tested combination of both shipped lines; users' defaults stay 12.4 / 12.6.
+    assert matrix.lines["v0.2.3"].default_cuda == "12.4" and matrix.lines["v0.3.2"].default_cuda == "12.6"
+    assert "13.0" in matrix.lines["v0.2.3"].torch_by_cuda and "13.0" in matrix.lines["v0.3.2"].torch_by_cuda
+    assert "openai" in matrix.lines["v0.3.2"].runtime_pip  # its server imports it undeclared
+    for line in matrix.lines.values():
+        assert {"gcc", "libc6-dev", "python3-dev"} <= set(line.apt_runtime)  # Triton's launcher compile
     assert all(t.cpu_instruct != "NATIVE" for t in matrix.targets.values())
 
 
@@ -28,6 +39,7 @@ def test_each_cuda_base_is_a_real_nvidia_image(matrix):
     for cuda in matrix.cuda.values():
         assert cuda.devel_image.startswith(f"nvidia/cuda:{cuda.version}") and "devel" in cuda.devel_image
         assert cuda.runtime_image.startswith(f"nvidia/cuda:{cuda.version}") and "runtime" in cuda.runtime_image
+        assert cuda.base_image.startswith(f"nvidia/cuda:{cuda.version}") and "-base-" in cuda.base_image
 
 
 def test_tag_names_line_target_cuda_and_numa(matrix):

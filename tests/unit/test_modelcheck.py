@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
+from ktappliance.matrix import supported_types
 from ktappliance.modelcheck import TYPES, check_model
 from support.tiny_gguf import write_model
 
@@ -151,3 +152,43 @@ def test_cli_check_lines_and_exit_codes(models):
 def test_cli_rejects_unknown_line(models):
     done = run_cli("model", "check", str(models["single"]), "--line", "v9")
     assert done.returncode == 2 and "unknown KTransformers line" in done.stderr
+
+
+def bf16_model(path):
+    writer = gguf.GGUFWriter(path, "deepseek2")
+    writer.add_tensor("blk.3.ffn_gate_exps.weight", np.zeros((4, 256), dtype=np.float32).astype(np.uint16),
+                      raw_dtype=gguf.GGMLQuantizationType.BF16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("target, ok", [("avx2", False), ("avx512", False), ("avx512vnni", False),
+                                        ("avx512bf16", True), ("amx", True)])
+def test_bf16_weights_only_on_targets_with_avx512_bf16(tmp_path, target, ok):
+    # Without __AVX512BF16__ the AVX2 build returns zeros and the AVX512 build wrong numbers, silently.
+    path = bf16_model(tmp_path / "bf16.gguf")
+    line = "v0.3.2" if target == "amx" else "v0.2.3"
+    done = run_cli("model", "check", str(path), "--line", line, "--target", target)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert "tensor types BF16 are not supported" in lines[0] and "--target avx512bf16 or amx" in lines[0]
+
+
+def test_the_image_start_check_says_which_target_can(tmp_path):
+    # The engine image runs the same module with the types and note its build stamps.
+    import subprocess
+    import sys
+    from ktappliance.matrix import load_matrix
+    selection = load_matrix().select("avx2", "v0.2.3")
+    path = bf16_model(tmp_path / "bf16.gguf")
+    done = subprocess.run([sys.executable, "-m", "ktappliance.modelcheck", str(path), "--types",
+                           ",".join(supported_types(selection.line, selection.target)),
+                           "--note", f"BF16={selection.type_notes['BF16']}"], capture_output=True, text=True)
+    assert done.returncode == 1 and "BF16 needs --target avx512bf16 or amx" in done.stderr

@@ -87,3 +87,16 @@ def test_plan_on_real_files(tmp_path, hosts_dir):
 ])
 def test_plan_bad_input(hosts_dir, args, fragment):
     assert_one_line_error(run_cli("plan", "--from", str(hosts_dir / "epyc-zen4-2c"), *args), fragment)
+
+
+def test_plan_refuses_bf16_weights_on_a_target_without_avx512_bf16(tmp_path, hosts_dir):
+    from test_modelcheck import bf16_model
+    (tmp_path / "m").mkdir()
+    bf16_model(tmp_path / "m" / "bf16.gguf")
+    host = synthetic_host(tmp_path, hosts_dir, "public/gold6248_2s_linuxhw", 512, [("NVIDIA A100", 81920)])
+    refused = plan("--from", str(host), "--gguf", str(tmp_path / "m"), "--no-numa")
+    assert refused["fits"] is False
+    assert any("BF16 needs --target avx512bf16 or amx" in note for note in refused["notes"])
+    (tmp_path / "zen4").mkdir()
+    able = synthetic_host(tmp_path / "zen4", hosts_dir, "public/ryzen9-7950x_1s", 512, [("NVIDIA A100", 81920)])
+    assert plan("--from", str(able), "--gguf", str(tmp_path / "m"))["fits"] is True

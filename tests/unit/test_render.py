@@ -41,13 +41,21 @@ def test_every_valid_combination_renders_and_passes_hadolint(tmp_path, target, l
     args_before_from = parser.content.split("\nFROM ", 1)[0]
     cuda_base = MATRIX.cuda[cuda]
     assert f"ARG CUDA_DEVEL_IMAGE={cuda_base.devel_image}" in args_before_from
-    assert f"ARG CUDA_RUNTIME_IMAGE={cuda_base.runtime_image}" in args_before_from
+    # The engine runs on CUDA's -base image: torch's wheels bring the math libraries.
+    assert f"ARG CUDA_RUNTIME_IMAGE={cuda_base.base_image}" in args_before_from
+    assert "-base-" in cuda_base.base_image
     labels = parser.labels
     assert labels["ai.ktappliance.target"] == target
     assert labels["ai.ktappliance.line"] == line
     assert labels["ai.ktappliance.commit"] == MATRIX.lines[line].commit
     assert labels["ai.ktappliance.numa"] == str(numa).lower()
-    assert f"CPU_INSTRUCT={MATRIX.targets[target].cpu_instruct} KT_NUMA={int(numa)}" in parser.content
+    chosen = MATRIX.targets[target]
+    assert f'CPU_INSTRUCT="{chosen.cpu_instruct}"' in parser.content and f'KT_NUMA="{int(numa)}"' in parser.content
+    assert f'KT_REQUIRED_FLAGS="{" ".join(chosen.requires)}"' in parser.content
+    assert f'KT_CFLAGS="{" ".join(chosen.cflags)}"' in parser.content
+    assert labels["ai.ktappliance.bf16"] == str(chosen.bf16).lower()
+    types = parser.envs["KT_QUANT_TYPES"].split(",")
+    assert ("BF16" in types) == chosen.bf16
     assert f'KT_COMMIT="{MATRIX.lines[line].commit}"' in parser.content
     assert "USE_NUMA" not in parser.content  # only the build script may set it, and only when on
     assert "NATIVE" not in parser.content
@@ -83,18 +91,19 @@ def test_local_source_is_bind_mounted_not_copied(tmp_path):
     assert 'KT_SOURCE="/src/source.tar.gz"' in content
     git_content = render(plan_for("avx512"), tmp_path / "git").dockerfile.read_text()
     assert "type=bind,source=src" not in git_content
-    assert 'KT_SOURCE="https://github.com/kvcache-ai/ktransformers.git" KT_TAG="v0.2.3"' in git_content
+    assert 'KT_SOURCE="https://github.com/kvcache-ai/ktransformers.git"' in git_content
+    assert 'KT_TAG="v0.2.3"' in git_content
 
 
 def test_narrowed_arch_list_and_jobs(tmp_path):
     content = render(plan_for("avx2", cuda_arch_list="8.9", jobs=4), tmp_path).dockerfile.read_text()
-    assert 'ARG TORCH_CUDA_ARCH_LIST="8.9"' in content and "ARG KT_JOBS=4" in content
+    assert 'TORCH_CUDA_ARCH_LIST="8.9"' in content and 'KT_JOBS="4"' in content
 
 
 @pytest.mark.parametrize("numa, expected", [(False, None), (True, "1")])
 def test_build_script_sets_use_numa_only_when_on(numa, expected):
     env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": "AVX2", "TORCH_CUDA_ARCH_LIST": "9.0",
-           "KT_NUMA": "1" if numa else "0", "USE_NUMA": "0"}  # a stray USE_NUMA=0 would turn NUMA on upstream
+           "KT_REQUIRED_FLAGS": "avx2 fma f16c", "KT_NUMA": "1" if numa else "0", "USE_NUMA": "0"}  # a stray USE_NUMA=0 would turn NUMA on upstream
     done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
                           env=env, capture_output=True, text=True, check=True)
     values = dict(line.split("=", 1) for line in done.stdout.split())
@@ -110,7 +119,9 @@ def test_build_script_refuses_native():
 
 
 @pytest.mark.parametrize("capture, target, ok", [
-    ("epyc-zen4-2c/cpuinfo.txt", "avx512", True),
+    ("epyc-zen4-2c/cpuinfo.txt", "avx512bf16", True),
+    ("public/gold6248_2s_linuxhw/lscpu.txt", "avx512vnni", True),
+    ("public/gold6248_2s_linuxhw/lscpu.txt", "avx512bf16", False),
     ("epyc-zen4-2c/cpuinfo.txt", "amx", False),
     ("public/ryzen9-5950x_1proc_archspec/cpuinfo.txt", "avx512", False),
     ("public/e5-2650v2_1proc_avxonly_archspec/cpuinfo.txt", "avx2", False),
@@ -165,7 +176,7 @@ def test_failure_mid_render_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_rerender_replaces_the_old_context(tmp_path):
     render(plan_for("avx2", jobs=1), tmp_path)
     ctx = render(plan_for("avx2", jobs=3), tmp_path)
-    assert "ARG KT_JOBS=3" in ctx.dockerfile.read_text()
+    assert 'KT_JOBS="3"' in ctx.dockerfile.read_text()
     assert [p.name for p in tmp_path.iterdir()] == [ctx.directory.name]
 
 
@@ -199,3 +210,40 @@ def test_llamacpp_renders_per_target(tmp_path, target, cuda):
     lint = subprocess.run([HADOLINT, "--failure-threshold", "info", str(tmp_path / plan.image_tag.split("/")[-1].replace(":", "-") / "Dockerfile")],
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("target", list(MATRIX.targets))
+def test_lscpu_during_the_compile_reports_the_target_not_this_machine(target):
+    # v0.3.2's CMakeLists looks for "avx512" and "amx" in lscpu's output.
+    chosen = MATRIX.targets[target]
+    env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": chosen.cpu_instruct, "TORCH_CUDA_ARCH_LIST": "9.0",
+           "KT_REQUIRED_FLAGS": " ".join(chosen.requires), "KT_CFLAGS": " ".join(chosen.cflags)}
+    done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-lscpu"],
+                          env=env, capture_output=True, text=True, check=True)
+    assert ("avx512" in done.stdout) == ("avx512f" in chosen.requires)
+    assert ("amx" in done.stdout) == chosen.has_amx
+    printed = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+    values = dict(line.split("=", 1) for line in printed.splitlines())
+    assert values.get("CFLAGS", "") == values.get("CXXFLAGS", "") == " ".join(chosen.cflags)
+
+
+def test_every_target_flag_is_one_the_cpu_guard_requires():
+    # -mavx512X in cflags without the matching CPU flag would let the image
+    # start on a CPU that then dies with SIGILL.
+    needs = {"-mavx512vl": "avx512vl", "-mavx512dq": "avx512dq", "-mavx512vnni": "avx512_vnni",
+             "-mavx512bf16": "avx512_bf16", "-mamx-tile": "amx_tile", "-mamx-int8": "amx_int8",
+             "-mamx-bf16": "amx_bf16"}
+    for target in MATRIX.targets.values():
+        for flag in target.cflags:
+            assert needs[flag] in target.requires, (target.name, flag)
+        if target.cpu_instruct == "FANCY":
+            assert "avx512_vpopcntdq" in target.requires  # FANCY adds -mavx512vpopcntdq
+
+
+def test_build_script_refuses_march_native():
+    env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": "AVX512", "TORCH_CUDA_ARCH_LIST": "9.0",
+           "KT_REQUIRED_FLAGS": "avx512f", "KT_CFLAGS": "-march=native"}
+    done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "native" in done.stderr
