@@ -88,6 +88,7 @@ def build_variant(name: str, tree: Path, out: Path, jobs: int) -> Path:
     print(f"[{name}] configure + build ({' '.join(cmake)}; CFLAGS={env['CFLAGS']!r})", file=sys.stderr, flush=True)
     subprocess.run(["cmake", "-S", str(tree / "csrc/ktransformers_ext"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                     "-DKTRANSFORMERS_USE_XPU=ON", f"-DPYTHON_EXECUTABLE={sys.executable}",
+                    "-D_GLIBCXX_USE_CXX11_ABI=1",  # setup.py passes torch's; no torch here
                     f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build}", *cmake],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(build), f"-j{jobs}"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -207,6 +208,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPUInfer threads")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per kernel and variant")
     parser.add_argument("--out", default=str(REPO / "bench/out/cpu-kernels"))
+    parser.add_argument("--variants", help="comma-separated subset (default: every target this CPU runs, and native)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
@@ -223,6 +225,11 @@ def main() -> int:
         shutil.move(str(next((out / "unpack").iterdir())), tree)
     flags = host_flags()
     variants = [name for name, t in load_matrix().targets.items() if set(t.requires) <= flags] + ["native"]
+    if args.variants:
+        wanted = args.variants.split(",")
+        variants = [v for v in variants if v in wanted]
+        if "native" not in variants:
+            variants.append("native")  # every ratio is to native
     print(f"variants this CPU runs: {', '.join(variants)}", file=sys.stderr)
     builds = {v: build_variant(v, tree, out, args.jobs) for v in variants}
     results = {}

@@ -12,6 +12,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,11 +154,82 @@ def write_secret_env(context: Path, values: dict[str, str]) -> Path | None:
     return path
 
 
-def run(command: BuildCommand) -> None:
-    """Run with the output streamed live: BuildKit's plain progress shows each step."""
+# Pull failures as BuildKit and the daemon word them, with what the user can do.
+PULL_FAILURES = (
+    (re.compile(r"pull access denied|requested access to the resource is denied|unauthorized|"
+                r"authentication required|no basic auth credentials|denied: "),
+     "the registry refused access", "log in first: docker login {registry}"),
+    (re.compile(r"manifest unknown|: not found\b|repository does not exist|name unknown"),
+     "no such image or tag there", "check the name, or point {option} at a registry that has it"),
+    (re.compile(r"no such host|dial tcp|i/o timeout|connection refused|connection reset|network is unreachable|"
+                r"TLS handshake timeout|x509: |proxyconnect"),
+     "the registry cannot be reached", "point {option} at a mirror you can reach (or set --https-proxy)"),
+)
+
+
+def _normal(ref: str) -> str:
+    ref = ref.removeprefix("docker.io/")
+    return ref.removeprefix("library/")
+
+
+def _refs_in(line: str) -> list[str]:
+    refs = re.findall(r"load metadata for (\S+?):?\s*$", line)
+    refs += [f"{host}/{repo}:{tag}".removeprefix("registry-1.docker.io/") for host, repo, tag in
+             re.findall(r'https://([^/\s"]+)/v2/(\S+?)/manifests/([^"\s]+)', line)]
+    refs += re.findall(r"ERROR: (\S+:\S+): not found", line)
+    return refs
+
+
+def pull_failure(output: str, images: dict[str, str]) -> str | None:
+    """One line naming the images that could not be pulled and the fix, or
+    None when the build failed for another reason. `images` maps an option
+    (--base-image, --runtime-base-image) to the image it set."""
+    failed: dict[str, str] = {}  # image -> option
+    kind = None
+    step_refs: dict[str, str] = {}  # BuildKit step "#3" -> the image it loads
+    for line in output.splitlines():
+        step = re.match(r"(#\d+) \[internal\] load metadata for (\S+)\s*$", line)
+        if step:
+            step_refs[step.group(1)] = step.group(2)
+        if not ("ERROR" in line or "failed to solve" in line):
+            continue
+        for pattern, reason, fix in PULL_FAILURES:
+            if pattern.search(line):
+                refs = _refs_in(line) or [step_refs[s] for s in re.findall(r"^(#\d+) ERROR", line) if s in step_refs]
+                if refs:
+                    kind = kind or (reason, fix)
+                    for ref in refs:
+                        option = next((o for o, image in images.items() if _normal(image) == _normal(ref)),
+                                      "--base-image / --runtime-base-image")
+                        image = images.get(option, _normal(ref))
+                        failed.setdefault(image, option)
+                break
+    if not failed or kind is None:
+        return None
+    reason, fix = kind
+    options = " / ".join(dict.fromkeys(failed.values()))
+    first = next(iter(failed))
+    registry = first.split("/", 1)[0] if "/" in first and "." in first.split("/", 1)[0] else "docker.io"
+    return f"cannot pull {', '.join(failed)}: {reason}; {fix.format(option=options, registry=registry)}"
+
+
+def run(command: BuildCommand, images: dict[str, str] | None = None) -> None:
+    """Run with the output streamed live (BuildKit's plain progress shows each
+    step) and its tail kept, to name a base image that could not be pulled."""
+    tail: deque[str] = deque(maxlen=400)
     try:
-        done = subprocess.run(command.argv, env={**os.environ, **command.env})
+        process = subprocess.Popen(command.argv, env={**os.environ, **command.env}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:
         raise DockerError(f"cannot run {command.argv[0]}: {exc.strerror}") from None
-    if done.returncode != 0:
-        raise ApplianceError(f"the image build failed (exit {done.returncode}); see the log above")
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stderr.write(line)
+        tail.append(line)
+    returncode = process.wait()
+    if returncode != 0:
+        sys.stderr.flush()
+        message = pull_failure("".join(tail), images or {})
+        if message:
+            raise DockerError(message)
+        raise ApplianceError(f"the image build failed (exit {returncode}); see the log above")

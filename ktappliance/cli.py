@@ -248,7 +248,7 @@ def cmd_build(args) -> int:
     plan = _plan_from_args(args)
     if args.bundle:
         return cmd_bundle(args, plan)
-    cli = builder.find_buildkit_cli()
+    cli = dry_run_cli() if args.dry_run else builder.find_buildkit_cli()
     context = Path(args.out) / context_name(plan.image_tag)
     secret_env = plan.network.secret_env()
     secrets = _secrets(plan.network, context)
@@ -264,7 +264,7 @@ def cmd_build(args) -> int:
     builder.write_secret_env(ctx.directory, secret_env)
     replay = builder.save_replay(ctx.directory, command)
     print(f"building {plan.image_tag} from {ctx.directory} (replay: {replay})", file=sys.stderr)
-    builder.run(command)
+    builder.run(command, images=_base_images(plan))
     print(f"built {plan.image_tag}")
     if args.autodl:
         from . import autodl
@@ -292,6 +292,22 @@ def cmd_build(args) -> int:
     return 0
 
 
+def dry_run_cli() -> builder.BuildKitCli:
+    """A dry run needs no daemon and maybe no Docker: it says which CLI form
+    it assumed when none is found here."""
+    try:
+        return builder.find_buildkit_cli()
+    except ApplianceError as exc:
+        print(f"# {exc}; showing the `docker buildx build` form", file=sys.stderr)
+        return builder.BuildKitCli("docker", uses_buildx=True)
+
+
+def _base_images(plan) -> dict[str, str]:
+    if isinstance(plan, LlamaCppPlan):
+        return {"--base-image": plan.build_image, "--runtime-base-image": plan.runtime_image}
+    return {"--base-image": plan.devel_image, "--runtime-base-image": plan.runtime_image}
+
+
 def _secrets(network: NetworkOptions, secret_dir: Path) -> dict[str, Path]:
     secrets = {}
     if network.secret_env():
@@ -312,7 +328,7 @@ def cmd_component(args) -> int:
         build_args["WEBUI_VERSION"] = load_matrix().stack.webui_version
     if network.apt_mirror:
         build_args["APT_MIRROR"] = network.apt_mirror
-    cli = builder.find_buildkit_cli()
+    cli = dry_run_cli() if args.dry_run else builder.find_buildkit_cli()
     command = builder.build_command(cli, context=REPO_ROOT, tag=args.tag, build_args=build_args,
                                     secrets=_secrets(network, state_dir), target=None, dockerfile=dockerfile)
     if args.dry_run:
@@ -323,7 +339,7 @@ def cmd_component(args) -> int:
     builder.write_secret_env(state_dir, network.secret_env())
     replay = builder.save_replay(state_dir, command)
     print(f"building {args.tag} (replay: {replay})", file=sys.stderr)
-    builder.run(command)
+    builder.run(command, images={"--base-image": args.base_image} if args.base_image else {})
     print(f"built {args.tag}")
     return 0
 

@@ -95,6 +95,6 @@ def as_text(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
         out.append(f"Build it:  {command}")
     out.append("What fits (python build.py plan --quant Q for details):")
     for name, fit in what_fits(facts, rec, matrix).items():
-        verdict = "fits" if fit["fits"] else "does not fit"
+        verdict = {True: "fits", False: "does not fit"}.get(fit["fits"], "unknown (RAM not known)")
         out.append(f"  {name}: {verdict} with {fit['engine']} (needs ~{fit['ram_needed_gb']} GB RAM)")
     return "\n".join(out)

@@ -88,7 +88,8 @@ def parse_lscpu(text: str) -> dict[str, str]:
 
 def _cpu_list(text: str) -> list[int]:
     cpus: list[int] = []
-    for part in re.split(r"[,\s]+", text.strip()):
+    # `numactl -H --cpu-compress` appends the count: "0-15 (16)".
+    for part in re.split(r"[,\s]+", re.sub(r"\(\d+\)", " ", text).strip()):
         if not part:
             continue
         if "-" in part:
@@ -216,10 +217,17 @@ def facts_from_texts(texts: dict[str, str]) -> HostFacts:
     facts = HostFacts()
     for name in CAPTURE_FILES:
         if name in texts:
-            APPLIERS[name](facts, texts[name])
+            try:
+                APPLIERS[name](facts, texts[name])
+            except (ValueError, IndexError) as exc:
+                raise ApplianceError(f"{name}: cannot parse this capture ({exc})") from None
             facts.sources.append(name)
     if facts.numa_node_count is None and facts.numa_nodes:
         facts.numa_node_count = len(facts.numa_nodes)
+    sizes = [node.memory_mib for node in facts.numa_nodes]
+    if facts.ram_mib is None and sizes and None not in sizes:
+        # numactl gives each node's memory; without meminfo that is the RAM.
+        facts.ram_mib = sum(sizes)
     return facts
 
 
@@ -234,7 +242,10 @@ def probe_directory(directory: Path) -> HostFacts:
             texts[name] = path.read_text(errors="replace")
     if not texts:
         raise ApplianceError(f"--from {directory}: none of {', '.join(CAPTURE_FILES)} found")
-    return facts_from_texts(texts)
+    try:
+        return facts_from_texts(texts)
+    except ApplianceError as exc:
+        raise ApplianceError(f"--from {directory}/{exc}") from None
 
 
 def _run(argv: list[str]) -> str | None:

@@ -71,5 +71,7 @@ def choose_numa(facts: HostFacts) -> tuple[bool, list[str]]:
 def recommend(facts: HostFacts, matrix: Matrix) -> Recommendation:
     target, reasons, missing = choose_target(facts, matrix)
     numa, numa_reasons = choose_numa(facts)
-    return Recommendation(target=target, numa=numa if target else False,
-                          reasons=reasons + numa_reasons, missing_flags=missing)
+    if target is None:
+        # One decision for the text and the JSON: nothing is built, so no NUMA.
+        numa, numa_reasons = False, ["NUMA off: there is no target to build"]
+    return Recommendation(target=target, numa=numa, reasons=reasons + numa_reasons, missing_flags=missing)

@@ -39,7 +39,9 @@ class FitPlan:
     vram_needed_gb: float
     vram_have_gb: float | None
     disk_needed_gb: float
-    fits: bool
+    # True, False, or "unknown" where a fact it depends on (RAM, VRAM) is not
+    # known and nothing known already rules it out.
+    fits: bool | str
     settings: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -55,7 +57,7 @@ class FitPlan:
             f"RAM:     need {self.ram_needed_gb:.0f} GB, have {have(self.ram_have_gb)}",
             f"VRAM:    need {self.vram_needed_gb:.0f} GB, have {have(self.vram_have_gb)}",
             f"Disk:    need {self.disk_needed_gb:.0f} GB for the files",
-            f"Verdict: {'fits' if self.fits else 'does NOT fit'}",
+            f"Verdict: {verdict_word(self.fits)}",
         ]
         if self.settings:
             lines.append("Settings:")
@@ -134,7 +136,7 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
         if cores:
             settings["threads"] = cores
 
-    fits_ram = ram_have is None or ram_needed <= ram_have
+    fits_ram = None if ram_have is None else ram_needed <= ram_have
     fits_vram = vram_needed == 0 or (vram_have is not None and vram_have >= vram_needed)
     fits_types = not (engine == "ktransformers" and line and unsupported)
     if engine == "ktransformers" and vram_have is None:
@@ -143,7 +145,7 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
     elif not fits_vram:
         notes.append(f"KTransformers needs at least {vram_needed / GB:.0f} GB of VRAM; this GPU has "
                      f"{vram_have / GB:.0f} GB")
-    if not fits_ram and ram_have is not None:
+    if fits_ram is False:
         short = (ram_needed - ram_have) / GB
         notes.append(f"short of RAM by {short:.0f} GB")
         if copies > 1 and weights_bytes + RUNTIME_OVERHEAD <= ram_have:
@@ -156,10 +158,16 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
             notes.append("KTransformers can page the rest from disk (UD-IQ1_S was reported running in "
                          "60 GB RAM + 16 GB VRAM, PR 754), but slowly")
     if ram_have is None:
-        notes.append("RAM unknown (no meminfo.txt): the RAM verdict assumes enough")
+        notes.append("RAM unknown (no meminfo.txt and no NUMA node sizes): whether it fits is unknown")
+    known = [fits_vram, fits_types, engine != "ktransformers" or bool(vram_have)]
+    fits: bool | str = False if not all(known) or fits_ram is False else ("unknown" if fits_ram is None else True)
     return FitPlan(engine=engine, weights_gb=weights_bytes / GB, numa_copies=copies,
                    ram_needed_gb=ram_needed / GB, ram_have_gb=ram_have / GB if ram_have else None,
                    vram_needed_gb=vram_needed / GB, vram_have_gb=vram_have / GB if vram_have else None,
                    disk_needed_gb=(weights_bytes + 1 * GB) / GB,
-                   fits=bool(fits_ram and fits_vram and fits_types and (engine != "ktransformers" or vram_have)),
+                   fits=fits,
                    settings=settings, notes=notes)
+
+
+def verdict_word(fits: bool | str) -> str:
+    return {True: "fits", False: "does NOT fit"}.get(fits, "unknown (RAM not known)")

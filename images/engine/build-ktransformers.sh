@@ -96,5 +96,5 @@ cd "$workdir"
 # -v: the compile takes many minutes; its lines are the progress.
 PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
 
-KT_WHEEL_DIR="$wheels" "$here/build-flash-attn.sh"
+KT_WHEEL_DIR="$wheels" sh "$here/build-flash-attn.sh"
 ls -l "$wheels"

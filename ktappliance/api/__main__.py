@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import build_app
+    from .connections import bounded_protocol
     uvicorn.run(build_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=False, timeout_graceful_shutdown=5)
+                proxy_headers=False, timeout_graceful_shutdown=5, timeout_keep_alive=5,
+                http=bounded_protocol(config.read_timeout), limit_concurrency=config.max_connections)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
+import logging
 import time
 
 import httpx
@@ -21,12 +21,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import errors
+from . import errors, validate
 from .admission import Admission, ClientGone, QueueFull, WaitTooLong
 from .config import ApiConfig
 from .metrics import Metrics
 from .proxy import EngineStream, Exchange
 
+logger = logging.getLogger("ktappliance.api")
 SPLIT_WORDS = {"split": True, "deepseek": True, "inline": False, "none": False}
 
 
@@ -73,20 +74,22 @@ class Service:
         limit = self.config.max_body_bytes
         if declared and declared.isdigit() and int(declared) > limit:
             raise errors.ApiError(413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.ApiError(413, f"request body over {limit} bytes", "invalid_request_error",
-                                      "body_too_large")
-            chunks.append(chunk)
+
+        async def receive_all() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise errors.ApiError(413, f"request body over {limit} bytes", "invalid_request_error",
+                                          "body_too_large")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
         try:
-            body = json.loads(b"".join(chunks))
-        except ValueError as exc:
-            raise errors.bad_request(f"malformed JSON: {exc}", "invalid_json") from None
-        if not isinstance(body, dict):
-            raise errors.bad_request("the request body must be a JSON object", "invalid_json")
-        return body
+            raw = await asyncio.wait_for(receive_all(), self.config.read_timeout)
+        except asyncio.TimeoutError:
+            raise errors.read_timeout(self.config.read_timeout) from None
+        return validate.parse_body(raw)
 
     async def resolve_model(self, body: dict) -> tuple[str, bool]:
         """The client's model name and whether to split reasoning."""
@@ -162,6 +165,7 @@ def build_app(config: ApiConfig) -> Starlette:
             try:
                 service.authorize(request)
                 body = await service.read_body(request)
+                validate.check_shape(body, chat=endpoint == "chat")
                 client_model, split = await service.resolve_model(body)
                 service.metrics.queue_depth.set(service.admission.waiting + 1)
                 await stack.enter_async_context(service.admission.slot(_wait_disconnect(request)))
@@ -200,6 +204,11 @@ def build_app(config: ApiConfig) -> Starlette:
                 await stack.aclose()
                 count(endpoint, 499)
                 return Response(status_code=499)
+            except Exception as exc:  # noqa: BLE001 - a bug must still answer in the API's own format
+                await stack.aclose()
+                count(endpoint, 500)
+                logger.exception("unexpected error on %s", path)
+                return errors.internal(type(exc).__name__).response()
             except BaseException:
                 await stack.aclose()
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,13 @@ class ApiConfig:
     max_inflight: int = 1            # KTransformers serves one request at a time
     queue_size: int = 16
     queue_timeout: float = 600.0     # how long a request may wait for its turn
-    stall_timeout: float = 300.0     # silence from the engine before 504
+    # Silence from the engine before 504. One request runs at a time, so a hung
+    # engine holds the only slot while the queue fills: long enough for
+    # DeepSeek-R1's prefill of a long prompt on the CPU (minutes), no longer.
+    stall_timeout: float = 300.0
     connect_timeout: float = 3.0
+    read_timeout: float = 30.0       # to receive a request's headers, then its body
+    max_connections: int = 256       # open client connections; more get 503 at once
     max_body_bytes: int = 1 << 20
     # Names clients use, all served by the one engine model. A name maps to
     # its default reasoning mode: DeepSeek's API splits for deepseek-reasoner.
@@ -47,12 +53,17 @@ def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def _float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name, "")
+def _seconds(env: dict, name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
     try:
-        return float(raw) if raw else default
+        value = float(raw)
     except ValueError:
         raise ApplianceError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ApplianceError(f"{name}={raw}: expected a number of seconds above 0")
+    return value
 
 
 def _aliases(raw: str) -> dict[str, str]:
@@ -101,8 +112,10 @@ def from_env(env: dict | None = None) -> ApiConfig:
         open_mode=open_mode,
         max_inflight=_int(env, "KTA_MAX_INFLIGHT", 1, minimum=1),
         queue_size=_int(env, "KTA_QUEUE_SIZE", 16),
-        queue_timeout=_float(env, "KTA_QUEUE_TIMEOUT", 600.0),
-        stall_timeout=_float(env, "KTA_STALL_TIMEOUT", 300.0),
+        queue_timeout=_seconds(env, "KTA_QUEUE_TIMEOUT", ApiConfig.queue_timeout),
+        stall_timeout=_seconds(env, "KTA_STALL_TIMEOUT", ApiConfig.stall_timeout),
+        read_timeout=_seconds(env, "KTA_READ_TIMEOUT", ApiConfig.read_timeout),
+        max_connections=_int(env, "KTA_MAX_CONNECTIONS", ApiConfig.max_connections, minimum=8),
         max_body_bytes=_int(env, "KTA_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         reasoning_opened=_truthy(env.get("KTA_REASONING_OPENED", "")),
     )

@@ -13,9 +13,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.headers = headers or {}
+        self.param: str | None = None
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": None}}
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -45,3 +46,20 @@ def engine_stalled(seconds: float) -> ApiError:
 
 def engine_failed(detail: str) -> ApiError:
     return ApiError(502, f"the engine failed mid-answer ({detail})", "engine_error", "engine_error")
+
+
+def engine_refused(status: int, message: str) -> ApiError:
+    """The engine's own answer to a request: its 4xx stays a 4xx, its 5xx is
+    our 502 (the engine failed, not the client and not this service)."""
+    if status >= 500:
+        return ApiError(502, f"the engine failed ({status}): {message}", "engine_error", "engine_error")
+    return ApiError(status, message, "invalid_request_error", "engine_rejected")
+
+
+def read_timeout(seconds: float) -> ApiError:
+    return ApiError(408, f"the request body did not arrive within {seconds:g} s", "invalid_request_error",
+                    "request_timeout")
+
+
+def internal(detail: str) -> ApiError:
+    return ApiError(500, f"internal error in the API service ({detail})", "server_error", "internal_error")

@@ -87,8 +87,8 @@ class Exchange:
                 message = detail.get("error", {}).get("message") if isinstance(detail.get("error"), dict) else None
             except (ValueError, AttributeError):
                 message = None
-            raise errors.ApiError(response.status_code, message or raw.decode(errors="replace")[:300] or "engine error",
-                                  "engine_error", "engine_error")
+            raise errors.engine_refused(response.status_code,
+                                        message or raw.decode(errors="replace")[:300] or "engine error")
         return response
 
     # ---------------------------------------------------------------- non-streamed
@@ -131,12 +131,21 @@ class Exchange:
         tokens = 0
         try:
             if self.passthrough:
+                # Whole events only: an engine that dies mid-event must not
+                # leave half a `data:` line for the error event to be glued to.
+                pending = b""
                 async for chunk in response.aiter_raw():
                     if first_at is None:
                         first_at = time.monotonic()
                         self.metrics.ttft.observe(first_at - self.sent_at)
-                    tokens += chunk.count(b"data: {")
-                    yield chunk
+                    pending += chunk
+                    cut = pending.rfind(b"\n\n")
+                    if cut >= 0:
+                        complete, pending = pending[:cut + 2], pending[cut + 2:]
+                        tokens += complete.count(b"data: {")
+                        yield complete
+                if pending:
+                    yield pending
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):

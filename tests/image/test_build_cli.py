@@ -60,3 +60,15 @@ def test_disk_too_small(docker_client, tmp_path):
     done = run_cli(*BUILD, "--min-free-gb", "1000000", "--out", str(tmp_path / "out"))
     assert_one_line_error(done, "not enough disk for the build", "1000000 GiB needed")
     assert not (tmp_path / "out").exists()
+
+
+def test_unpullable_base_image_ends_with_one_line_naming_it(docker_client, tmp_path):
+    # No registry is reachable here: BuildKit fails at once on the FROM.
+    done = run_cli(*BUILD, "--base-image", "kta-test/no-such-devel:1", "--runtime-base-image", "kta-test/no-such-rt:1",
+                   "--min-free-gb", "1", "--out", str(tmp_path / "out"))
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "the registry cannot be reached" in last, last
+    # BuildKit cancels the second pull once the first fails: either may be named, with its own option.
+    assert ("cannot pull kta-test/no-such-devel:1" in last and "--base-image" in last) or \
+        ("cannot pull kta-test/no-such-rt:1" in last and "--runtime-base-image" in last), last
