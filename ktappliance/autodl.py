@@ -27,12 +27,9 @@ def aio_tag(engine_tag: str) -> str:
 
 
 def build_aio(cli: builder.BuildKitCli, *, engine: str, engine_image: str, webui_version: str,
-              secrets: dict[str, Path], state_dir: Path, tag: str | None = None,
-              apt_mirror: str = "") -> tuple[str, builder.BuildCommand]:
+              secrets: dict[str, Path], state_dir: Path, tag: str | None = None) -> tuple[str, builder.BuildCommand]:
     tag = tag or aio_tag(engine_image)
     build_args = {"ENGINE_IMAGE": engine_image, "KTA_ENGINE": engine, "WEBUI_VERSION": webui_version}
-    if apt_mirror:
-        build_args["APT_MIRROR"] = apt_mirror
     command = builder.build_command(cli, context=REPO_ROOT, tag=tag, build_args=build_args, secrets=secrets,
                                     target=None, dockerfile=IMAGES_DIR / "autodl" / "Dockerfile")
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -200,8 +200,6 @@ def _build_args(plan) -> dict[str, str]:
     else:
         build_args["CUDA_DEVEL_IMAGE"] = plan.devel_image
         build_args["CUDA_RUNTIME_IMAGE"] = plan.runtime_image
-    if plan.network.apt_mirror:
-        build_args["APT_MIRROR"] = plan.network.apt_mirror
     return build_args
 
 
@@ -271,8 +269,7 @@ def cmd_build(args) -> int:
         kind = "llamacpp" if isinstance(plan, LlamaCppPlan) else "ktransformers"
         aio, aio_command = autodl.build_aio(cli, engine=kind, engine_image=plan.image_tag,
                                             webui_version=load_matrix().stack.webui_version,
-                                            secrets=secrets, state_dir=Path(args.out) / "autodl",
-                                            apt_mirror=plan.network.apt_mirror)
+                                            secrets=secrets, state_dir=Path(args.out) / "autodl")
         print(f"building {aio}", file=sys.stderr)
         builder.run(aio_command)
         print(f"built {aio}: docker run -p 6006:6006 -p 6008:6008 -v /root/autodl-tmp:/root/autodl-tmp {aio}")
@@ -326,8 +323,6 @@ def cmd_component(args) -> int:
     build_args = {"BASE_IMAGE": args.base_image} if args.base_image else {}
     if args.command == "webui":
         build_args["WEBUI_VERSION"] = load_matrix().stack.webui_version
-    if network.apt_mirror:
-        build_args["APT_MIRROR"] = network.apt_mirror
     cli = dry_run_cli() if args.dry_run else builder.find_buildkit_cli()
     command = builder.build_command(cli, context=REPO_ROOT, tag=args.tag, build_args=build_args,
                                     secrets=_secrets(network, state_dir), target=None, dockerfile=dockerfile)

@@ -10,6 +10,8 @@ interrupted files and show progress; ModelScope checks each file's SHA256."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +46,13 @@ def fetch(request: FetchRequest) -> tuple[Path, Path | None]:
     if request.source not in SOURCES:
         raise ApplianceError(f"--source {request.source}: choose modelscope or hf")
     snapshot = _snapshot(request.source)
-    weights_dir = request.dest / "gguf"
-    config_dir = request.dest / "config" if request.config_repo else None
+    # Followed as given (a relative path, `..`, a link), so say where before
+    # a download of many gigabytes starts.
+    dest = Path(os.path.realpath(request.dest))
+    weights_dir = dest / "gguf"
+    config_dir = dest / "config" if request.config_repo else None
+    print(f"fetching {request.weights_repo} ({request.include}) into {weights_dir}"
+          + (f", config from {request.config_repo} into {config_dir}" if config_dir else ""), file=sys.stderr)
     try:
         weights_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -16,8 +16,10 @@ table below is checked against gguf.GGML_QUANT_SIZES by the unit tests.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import stat
 import re
 import struct
 import sys
@@ -87,11 +89,23 @@ class Report:
                            "shards": [asdict(s) for s in self.shards]}, indent=2)
 
 
+MAX_ARRAY_NESTING = 8
+MAX_DIMS = 8
+
+
 class _Reader:
-    def __init__(self, handle):
-        self.handle = handle
+    """Reads header values, checking every length and count against the bytes
+    left in the file before it reads or allocates anything."""
+
+    def __init__(self, handle, size: int):
+        self.handle, self.size = handle, size
+
+    def left(self) -> int:
+        return self.size - self.handle.tell()
 
     def take(self, size: int) -> bytes:
+        if size > self.left():
+            raise HeaderError("truncated header")
         data = self.handle.read(size)
         if len(data) != size:
             raise HeaderError("truncated header")
@@ -100,54 +114,81 @@ class _Reader:
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
-        return self.take(self.unpack("<Q")).decode("utf-8", errors="replace")
+    def count(self, what: str, least_bytes_each: int) -> int:
+        value = self.unpack("<Q")
+        if value * least_bytes_each > self.left():
+            raise HeaderError(f"truncated or corrupt header: {what} {value} runs past the end of the "
+                              f"{self.size}-byte file")
+        return value
 
-    def value(self, kind: int):
+    def string(self) -> str:
+        return self.take(self.count("string length", 1)).decode("utf-8", errors="replace")
+
+    def value(self, kind: int, depth: int = 0):
         if kind in SCALARS:
             return self.unpack(SCALARS[kind])
         if kind == STRING:
             return self.string()
         if kind == ARRAY:
-            item_kind, count = self.unpack("<I"), self.unpack("<Q")
+            if depth >= MAX_ARRAY_NESTING:
+                raise HeaderError(f"arrays nested deeper than {MAX_ARRAY_NESTING} levels")
+            item_kind = self.unpack("<I")
             if item_kind in SCALARS:  # skip the bulk (token scores, types) unread
+                count = self.count("array length", struct.calcsize(SCALARS[item_kind]))
                 self.handle.seek(count * struct.calcsize(SCALARS[item_kind]), os.SEEK_CUR)
             else:
-                for _ in range(count):
-                    self.value(item_kind)
+                for _ in range(self.count("array length", 8 if item_kind == STRING else 12)):
+                    self.value(item_kind, depth + 1)
             return None
         raise HeaderError(f"unknown value type {kind}")
 
 
+def _number(key: str, value, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HeaderError(f"{key} is {type(value).__name__ if value is not None else 'an array'}, expected a number")
+    if value < minimum:
+        raise HeaderError(f"{key} is {value}, expected {minimum} or more")
+    return value
+
+
 def read_header(path: Path) -> Shard:
-    shard = Shard(path=str(path), file_size=path.stat().st_size)
+    size = path.stat().st_size
+    shard = Shard(path=str(path), file_size=size)
     with open(path, "rb") as handle:
-        reader = _Reader(handle)
+        reader = _Reader(handle, size)
         magic = handle.read(4)
         if magic != MAGIC:
             raise HeaderError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
         shard.version = reader.unpack("<I")
         if shard.version not in (2, 3):
             raise HeaderError(f"GGUF version {shard.version} is not supported (2 or 3)")
-        shard.tensor_count, kv_count = reader.unpack("<Q"), reader.unpack("<Q")
+        shard.tensor_count = reader.count("tensor count", 24)
+        kv_count = reader.count("key/value count", 12)
         alignment = 32
         for _ in range(kv_count):
             key = reader.string()
             value = reader.value(reader.unpack("<I"))
             if key == "general.architecture":
+                if not isinstance(value, str):
+                    raise HeaderError("general.architecture is not a string")
                 shard.architecture = value
             elif key == "general.alignment":
-                alignment = int(value)
+                alignment = _number(key, value, minimum=1)
+                if alignment & (alignment - 1) or alignment > 1 << 20:
+                    raise HeaderError(f"general.alignment is {alignment}, expected a power of two up to 1 MiB")
             elif key == "split.no":
-                shard.split_no = int(value)
+                shard.split_no = _number(key, value)
             elif key == "split.count":
-                shard.split_count = int(value)
+                shard.split_count = _number(key, value, minimum=1)
             elif key == "split.tensors.count":
-                shard.split_tensors = int(value)
+                shard.split_tensors = _number(key, value)
         ends = []
         for _ in range(shard.tensor_count):
             reader.string()
-            dims = [reader.unpack("<Q") for _ in range(reader.unpack("<I"))]
+            n_dims = reader.unpack("<I")
+            if n_dims > MAX_DIMS:
+                raise HeaderError(f"a tensor with {n_dims} dimensions (at most {MAX_DIMS})")
+            dims = [reader.unpack("<Q") for _ in range(n_dims)]
             type_id, offset = reader.unpack("<I"), reader.unpack("<Q")
             if type_id not in TYPES:
                 raise HeaderError(f"unknown tensor type id {type_id}")
@@ -162,11 +203,36 @@ def read_header(path: Path) -> Shard:
     return shard
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why path cannot be read as a GGUF file, or None when it is a regular
+    file (never opened otherwise: a FIFO would block, /dev/zero never ends)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        if os.path.islink(path):
+            return f"a dangling symlink (to {os.readlink(path)})"
+        return "missing" if exc.errno == errno.ENOENT else f"cannot read ({exc.strerror})"
+    if stat.S_ISREG(info.st_mode):
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        return "a directory, not a GGUF file"
+    if stat.S_ISFIFO(info.st_mode):
+        return "a FIFO, not a GGUF file"
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        return "a device, not a GGUF file"
+    return "not a regular file"
+
+
 def _model_files(path: Path) -> tuple[list[Path], list[Problem]]:
     """The shards of the model at path (a .gguf file, the first shard of a
     split, or a directory holding one model), missing ones included."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".gguf")
+    if path.is_dir() and not path.name.endswith(".gguf"):
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix == ".gguf")
+        except OSError as exc:
+            return [], [Problem(str(path), f"cannot list ({exc.strerror})")]
         if not files:
             return [], [Problem(str(path), "no .gguf files in this directory")]
         stems = {SPLIT_NAME.match(p.name).group("stem") if SPLIT_NAME.match(p.name) else p.stem for p in files}
@@ -174,10 +240,11 @@ def _model_files(path: Path) -> tuple[list[Path], list[Problem]]:
             return [], [Problem(str(path), f"holds more than one model ({', '.join(sorted(stems))}); "
                                              "keep one model per directory")]
         first = files[0]
-    elif path.is_file():
-        first = path
     else:
-        return [], [Problem(str(path), "no such file or directory")]
+        why = _not_a_file(path)
+        if why:
+            return [], [Problem(str(path), "no such file or directory" if why == "missing" else why)]
+        first = path
     match = SPLIT_NAME.match(first.name)
     if not match:
         return [first], []
@@ -212,10 +279,12 @@ def check_model(path: Path, *, config_dir: Path | None = None, supported_types: 
     report = Report()
     files, report.problems = _model_files(Path(path))
     for file in files:
-        if not file.is_file():
+        why = _not_a_file(file)
+        if why:
             match = SPLIT_NAME.match(file.name)
-            report.problems.append(Problem(str(file), f"missing (shard {int(match.group('no'))} of "
-                                                      f"{int(match.group('count'))})"))
+            if why == "missing" and match:
+                why = f"missing (shard {int(match.group('no'))} of {int(match.group('count'))})"
+            report.problems.append(Problem(str(file), why))
             continue
         try:
             shard = read_header(file)
@@ -224,6 +293,9 @@ def check_model(path: Path, *, config_dir: Path | None = None, supported_types: 
             continue
         except OSError as exc:
             report.problems.append(Problem(str(file), f"cannot read ({exc.strerror})"))
+            continue
+        except (ValueError, OverflowError, MemoryError, RecursionError, struct.error) as exc:
+            report.problems.append(Problem(str(file), f"malformed header ({type(exc).__name__})"))
             continue
         report.shards.append(shard)
         if shard.data_end > shard.file_size:

@@ -50,8 +50,9 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class NetworkOptions:
-    """What users behind slow or filtered networks set. Only apt_mirror is a
-    plain build arg; the rest may hold credentials and travel as secrets."""
+    """What users behind slow or filtered networks set. Any of them may hold
+    credentials (http://user:pass@mirror/...), so all travel as BuildKit
+    secrets, never as build args that `docker history` shows."""
 
     pip_index_url: str = ""
     apt_mirror: str = ""
@@ -62,6 +63,8 @@ class NetworkOptions:
 
     def secret_env(self) -> dict[str, str]:
         env = {}
+        if self.apt_mirror:
+            env["APT_MIRROR"] = self.apt_mirror
         if self.pip_index_url:
             env["PIP_INDEX_URL"] = self.pip_index_url
         for name, value in (("http_proxy", self.http_proxy), ("https_proxy", self.https_proxy),

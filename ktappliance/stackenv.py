@@ -1,8 +1,9 @@
 """Write the compose stack's settings: compose/.env and compose/engine.env.
 
 Both files are written to a temporary name with mode 0600 and renamed into
-place. Keys (the API key, Open-WebUI's secret) are generated once and kept on
-later runs, so rebuilding an image does not log everyone out."""
+place. Only the keys the tool owns change: a user's own lines (ENGINE_MEMLOCK,
+comments) survive every rebuild. Keys (the API key, Open-WebUI's secret) are
+generated once and kept on later runs, so rebuilding does not log anyone out."""
 
 from __future__ import annotations
 
@@ -45,17 +46,39 @@ def read_env(path: Path) -> dict[str, str]:
     return values
 
 
+BEGIN = "# >>> ktappliance settings: rewritten by build.py; put your own settings below the end marker"
+END = "# <<< end of ktappliance settings (lines after this one are yours and are kept)"
+
+
+def merge_env(existing: str, owned: dict[str, str], header: str) -> str:
+    """The tool's settings in their marked block, rewritten whole; every other
+    line (the user's keys, comments, blank lines) kept as it was. In a file
+    from before the markers, lines setting a key the tool owns are the tool's."""
+    outside: list[str] = []
+    inside = False
+    for line in existing.splitlines():
+        if line == BEGIN:
+            inside = True
+        elif line == END:
+            inside = False
+        elif not inside:
+            key = line.partition("=")[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+            if key not in owned and not line.startswith("# Written by ktappliance"):
+                outside.append(line)
+    block = [BEGIN, *header.rstrip("\n").splitlines(), *(f"{k}={v}" for k, v in owned.items()), END]
+    return "\n".join(block + outside) + "\n"
+
+
 def _write_private(path: Path, header: str, values: dict[str, str]) -> None:
     for key, value in values.items():
         if "\n" in str(value):
             raise ApplianceError(f"{key}: a setting cannot span lines")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        existing = path.read_text() if path.is_file() else ""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(header)
-            for key, value in values.items():
-                handle.write(f"{key}={value}\n")
+            handle.write(merge_env(existing, values, header))
         os.chmod(tmp, 0o600)
         tmp.replace(path)
     except OSError as exc:

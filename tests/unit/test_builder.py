@@ -58,3 +58,14 @@ def test_dry_run_needs_no_docker(tmp_path):
     assert "docker buildx build --load --progress=plain -t ktappliance/engine:v0.2.3-avx2-cu124-nonuma" in done.stdout
     assert "docker buildx build" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_apt_mirror_credentials_travel_as_a_secret_not_a_build_arg(tmp_path):
+    mirror = "http://kta-user:s3cr3t-apt@mirror.example/debian"
+    done = run_cli("--target", "avx2", "--dry-run", "--no-configure", "--apt-mirror", mirror,
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-apt" not in done.stdout and "APT_MIRROR" not in done.stdout
+    assert "--secret id=network_env" in done.stdout
+    from ktappliance.plan import NetworkOptions
+    assert NetworkOptions(apt_mirror=mirror).secret_env() == {"APT_MIRROR": mirror}

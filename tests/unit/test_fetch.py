@@ -73,6 +73,24 @@ def test_corrupt_download_fails_the_check(tmp_path, hub_repos):
 def test_unknown_repo_and_bad_options(tmp_path, hub_repos):
     with Hub(hub_repos) as hub:
         done = fetch(hub, tmp_path / "models", "--repo", "nobody/nothing", "--include", "*.gguf")
-    assert_one_line_error(done, "download failed")
+    # Where the files would go, then the one-line error.
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    said = done.stderr.strip().splitlines()
+    assert len(said) == 2 and said[0].startswith("fetching nobody/nothing") and "download failed" in said[1]
     assert_one_line_error(run_cli("model", "fetch", "--dir", str(tmp_path), "--repo", "a/b"), "--repo needs --include")
     assert_one_line_error(run_cli("model", "fetch", "--dir", str(tmp_path), "--quant", "Q9"), "unknown quant 'Q9'")
+
+
+def test_fetch_says_where_files_go_before_it_starts(tmp_path, hub_repos):
+    # `--dir ../x` is followed as given; the absolute place is said first.
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    with Hub(hub_repos) as hub:
+        done = run_cli("model", "fetch", "--source", "hf", "--dir", "../elsewhere", cwd=work,
+                       env={"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                            "HF_HOME": str(tmp_path / "hf-home")})
+    assert done.returncode == 0, done.stderr
+    target = (tmp_path / "work" / "elsewhere").resolve()
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("fetching unsloth/DeepSeek-R1-GGUF") and f"into {target}/gguf" in first
+    assert list((target / "gguf").rglob("*.gguf"))

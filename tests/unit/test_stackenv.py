@@ -48,3 +48,38 @@ def test_configure_cli_for_a_ktransformers_host(tmp_path, hosts_dir):
     assert env["ENGINE_IMAGE"] == "ktappliance/engine:v0.3.2-amx-cu126-nonuma"
     assert env["COMPOSE_FILE"] == "docker-compose.yml:docker-compose.gpu.yml"
     assert engine["KT_GGUF_PATH"] == "/models/gguf/DeepSeek-R1-UD-IQ1_S" and engine["KT_CPU_INFER"] == "14"
+
+
+def test_the_users_own_lines_survive_a_rebuild(tmp_path):
+    env_file = write_stack_env(settings(tmp_path), tmp_path / "stack.env", compose_dir=tmp_path)
+    with open(env_file, "a") as handle:
+        handle.write("\n# the daemon caps locked memory here\nENGINE_MEMLOCK=68719476736\nMY_NOTE=keep me\n")
+    with open(tmp_path / "stack.env.engine", "a") as handle:
+        handle.write("LLAMA_ARG_THREADS=12\n")
+    before = read_env(env_file)
+    write_stack_env(settings(tmp_path, engine_image="e:2"), env_file, compose_dir=tmp_path)
+    text = env_file.read_text()
+    after = read_env(env_file)
+    assert after["ENGINE_MEMLOCK"] == "68719476736" and after["MY_NOTE"] == "keep me"
+    assert "# the daemon caps locked memory here" in text
+    assert after["ENGINE_IMAGE"] == "e:2" and after["API_KEY"] == before["API_KEY"]
+    assert text.count("ENGINE_IMAGE=") == 1
+    assert read_env(tmp_path / "stack.env.engine")["LLAMA_ARG_THREADS"] == "12"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_keys_the_tool_no_longer_owns_leave_with_its_block(tmp_path):
+    write_stack_env(settings(tmp_path), tmp_path / "stack.env", compose_dir=tmp_path)
+    write_stack_env(settings(tmp_path, engine="ktransformers", engine_env={"KT_CPU_INFER": "14"}),
+                    tmp_path / "stack.env", compose_dir=tmp_path)
+    engine = read_env(tmp_path / "stack.env.engine")
+    assert engine == {"KT_CPU_INFER": "14"}
+
+
+def test_a_file_from_before_the_markers_keeps_the_users_lines(tmp_path):
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("# Written by ktappliance: the stack's settings and keys (mode 0600).\n"
+                        "ENGINE_IMAGE=old:1\nAPI_KEY=sk-kta-kept\nENGINE_MEMLOCK=1024\n")
+    write_stack_env(settings(tmp_path), env_file, compose_dir=tmp_path)
+    env = read_env(env_file)
+    assert env["ENGINE_MEMLOCK"] == "1024" and env["API_KEY"] == "sk-kta-kept" and env["ENGINE_IMAGE"] == "e:1"
