@@ -86,6 +86,28 @@ def _write_private(path: Path, header: str, values: dict[str, str]) -> None:
         raise ApplianceError(f"cannot write {path}: {exc.strerror}") from None
 
 
+API_USER = 10001  # the API image's own user
+
+
+def write_key_file(path: Path, key: str) -> tuple[Path, int, int]:
+    """The API key as a compose secret: a 0600 file in a 0700 folder, owned
+    by the uid the API container runs as (the image's user when run as root,
+    else the caller, whose uid compose then gives the container)."""
+    uid, gid = (API_USER, API_USER) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        if os.geteuid() == 0:
+            os.chown(tmp, uid, gid)
+        tmp.replace(path)
+    except OSError as exc:
+        raise ApplianceError(f"cannot write {path}: {exc.strerror}") from None
+    return path, uid, gid
+
+
 def _gpu_override(settings: StackSettings, compose_dir: Path) -> list[str]:
     if settings.gpus == "none":
         return []
@@ -134,6 +156,8 @@ def write_stack_env(settings: StackSettings, env_file: Path | None = None,
         env_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ApplianceError(f"cannot write {env_file}: {exc.strerror}") from None
+    key_file, uid, gid = write_key_file(env_file.with_name(env_file.name + ".secrets") / "api_key", values["API_KEY"])
+    values.update({"API_KEY_FILE": str(key_file.resolve()), "API_UID": str(uid), "API_GID": str(gid)})
     _write_private(engine_env_file, "# Engine settings, written by ktappliance.\n", settings.engine_env)
     _write_private(env_file, "# Written by ktappliance: the stack's settings and keys (mode 0600).\n", values)
     return env_file

@@ -65,47 +65,75 @@ def bases(docker_client):
     dockerenv.ensure_bases()
 
 
-@pytest.fixture(scope="session")
-def llamacpp_image(bases, docker_client):
-    from support import dockerenv
-    dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG), log_name="llamacpp-avx2-cpu")
-    return docker_client.images.get(LLAMACPP_TAG)
-
-
-def _build_component(name: str, tag: str, docker_client):
+def _build_component(name: str, tag: str):
     from support import dockerenv
     dockerenv.build_py(name, "--base-image", dockerenv.DEBIAN_BASE, "--ca-cert", dockerenv.CA_BUNDLE,
                        "--tag", tag, "--min-free-gb", "5", log_name=name)
+
+
+def _build_lanes():
+    """What the image and stack tiers build, in two lanes (support/prebuild.py):
+    the llama.cpp engine first (most test files run on it), then v0.3.2;
+    the API and Open-WebUI, then v0.2.3 and its NUMA variant (which reuses the
+    ccache the plain build fills)."""
+    from support import dockerenv
+    return [
+        [("llamacpp", lambda: dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG),
+                                                 log_name="llamacpp-avx2-cpu")),
+         ("engine-amx", lambda: dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"),
+                                                   log_name="engine-amx"))],
+        [("api", lambda: _build_component("api", API_TAG)),
+         ("webui", lambda: _build_component("webui", WEBUI_TAG)),
+         ("engine-avx2", lambda: dockerenv.build_py(*engine_build_args(ENGINE_TAG), log_name="engine-avx2")),
+         ("engine-avx2-numa", lambda: dockerenv.build_py(*engine_build_args(ENGINE_NUMA_TAG, numa=True),
+                                                         log_name="engine-avx2-numa"))],
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prebuilt_images(request):
+    """Start every image build at once when the run holds image or stack tests."""
+    if not any(item.get_closest_marker("image") or item.get_closest_marker("stack")
+               for item in request.session.items):
+        return
+    from support import prebuild
+    request.getfixturevalue("bases")
+    prebuild.start(_build_lanes())
+
+
+def _image(name: str, tag: str, docker_client):
+    from support import prebuild
+    if not prebuild.started():
+        prebuild.start(_build_lanes())
+    prebuild.wait(name)
     return docker_client.images.get(tag)
 
 
 @pytest.fixture(scope="session")
+def llamacpp_image(bases, docker_client):
+    return _image("llamacpp", LLAMACPP_TAG, docker_client)
+
+
+@pytest.fixture(scope="session")
 def api_image(bases, docker_client):
-    return _build_component("api", API_TAG, docker_client)
+    return _image("api", API_TAG, docker_client)
 
 
 @pytest.fixture(scope="session")
 def webui_image(bases, docker_client):
-    return _build_component("webui", WEBUI_TAG, docker_client)
+    return _image("webui", WEBUI_TAG, docker_client)
 
 
 @pytest.fixture(scope="session")
 def engine_image(bases, docker_client):
-    from support import dockerenv
-    dockerenv.build_py(*engine_build_args(ENGINE_TAG), log_name="engine-avx2")
-    return docker_client.images.get(ENGINE_TAG)
+    return _image("engine-avx2", ENGINE_TAG, docker_client)
 
 
 @pytest.fixture(scope="session")
 def engine_numa_image(engine_image, docker_client):
-    # Built after the non-NUMA image so that the ccache mount serves the CUDA part.
-    from support import dockerenv
-    dockerenv.build_py(*engine_build_args(ENGINE_NUMA_TAG, numa=True), log_name="engine-avx2-numa")
-    return docker_client.images.get(ENGINE_NUMA_TAG)
+    return _image("engine-avx2-numa", ENGINE_NUMA_TAG, docker_client)
 
 
 @pytest.fixture(scope="session")
 def engine_amx_image(bases, docker_client):
-    from support import dockerenv
-    dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"), log_name="engine-amx")
-    return docker_client.images.get(ENGINE_AMX_TAG)
+    return _image("engine-amx", ENGINE_AMX_TAG, docker_client)

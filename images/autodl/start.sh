@@ -7,10 +7,13 @@ set -eu
 : "${KTA_ENGINE:?set KTA_ENGINE to llamacpp or ktransformers}"
 : "${KTA_DATA:=/root/autodl-tmp}" "${KTA_API_PORT:=6008}" "${KTA_WEBUI_PORT:=6006}"
 : "${KTA_MODEL_DIR:=$KTA_DATA/models}" "${KTA_CONFIG_DIR:=/root/.config/ktappliance}" "${KTA_MIN_FREE_GB:=2}"
+: "${KTA_RUN_AS:=root}"
+KTA_RUN_HOME=$(getent passwd "$KTA_RUN_AS" | cut -d: -f6)
+[ -n "$KTA_RUN_HOME" ] || { echo "ktappliance: KTA_RUN_AS=$KTA_RUN_AS is no user here" >&2; exit 2; }
 if [ "$KTA_ENGINE" = llamacpp ]; then : "${KTA_ENGINE_PORT:=8080}"; health=/health; else : "${KTA_ENGINE_PORT:=10002}"; health=/v1/models; fi
 KTA_ENGINE_HEALTH="http://127.0.0.1:$KTA_ENGINE_PORT$health"
 export KTA_HOME KTA_API_VENV KTA_WEBUI_VENV KTA_ENGINE KTA_DATA KTA_API_PORT KTA_WEBUI_PORT KTA_MODEL_DIR \
-    KTA_ENGINE_PORT KTA_ENGINE_HEALTH
+    KTA_ENGINE_PORT KTA_ENGINE_HEALTH KTA_RUN_AS KTA_RUN_HOME
 py="$KTA_API_VENV/bin/python"
 
 fail() { echo "ktappliance: $*" >&2; exit 2; }
@@ -46,6 +49,10 @@ export OPENAI_API_KEY OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" \
     RAG_OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" RAG_OPENAI_API_KEY="$OPENAI_API_KEY" \
     WEBUI_SECRET_KEY="$(cat "$KTA_CONFIG_DIR/webui_secret")" DATA_DIR="${DATA_DIR:-$KTA_DATA/webui}"
 mkdir -p "$DATA_DIR"
+if [ "$KTA_RUN_AS" != root ]; then
+    # The services' own files: the API reads its key, Open-WebUI writes its data.
+    chown -R "$KTA_RUN_AS:" "$KTA_CONFIG_DIR" "$DATA_DIR"
+fi
 
 echo "ktappliance: Open-WebUI on :$KTA_WEBUI_PORT, API on :$KTA_API_PORT (key in $KTA_API_KEY_FILE), engine $KTA_ENGINE" >&2
 exec "$KTA_API_VENV/bin/supervisord" -n -c "$KTA_HOME/autodl/supervisord.conf"

@@ -4,7 +4,9 @@
 # the server; any other command runs instead of it (e.g. `bash`).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-"$here/../common/cpu-guard.sh"
+# Refusals no restart can fix exit with KT_REFUSAL_EXIT where it is set (the
+# compose stack sets 0, so that `restart: on-failure` leaves them stopped).
+"$here/../common/cpu-guard.sh" || exit "${KT_REFUSAL_EXIT:-3}"
 
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec "$@"
@@ -16,7 +18,7 @@ venv=${KT_VENV:-/opt/venv}
 # it for every prefill): refuse now, where the reason is plain.
 if ! "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("flash_attn") is None)'; then
     echo "ktappliance: this engine was built without flash-attn (--flash-attn skip) and would fail on the first prompt; rebuild it with: python build.py --flash-attn wheel (the default)" >&2
-    exit 4
+    exit "${KT_REFUSAL_EXIT:-4}"
 fi
 # A user other than the image's own gets its own writable KTransformers config
 # (checked here first: the script imports ktransformers, which takes seconds).
@@ -26,7 +28,7 @@ fi
 if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
     "$venv/bin/python" "$here/../common/modelcheck.py" "${KT_GGUF_PATH:-/models/gguf}" \
         --config "${KT_MODEL_PATH:-/models/config}" --types "${KT_QUANT_TYPES:-}" \
-        --engine "KTransformers ${KT_LINE:-} for ${KT_TARGET:-}" ${KT_BF16_NOTE:+--note "BF16=$KT_BF16_NOTE"} || exit 2
+        --engine "KTransformers ${KT_LINE:-} for ${KT_TARGET:-}" ${KT_BF16_NOTE:+--note "BF16=$KT_BF16_NOTE"} || exit "${KT_REFUSAL_EXIT:-2}"
 fi
 if [ -z "${KT_CPU_INFER:-}" ]; then
     # Physical cores minus two for the server and the GPU feeder threads.

@@ -141,6 +141,13 @@ def build_app(config: ApiConfig) -> Starlette:
         return JSONResponse({"ready": bool(names), "models": names}, status_code=200 if names else 503)
 
     async def metrics(request: Request) -> Response:
+        # Behind the key: request counts and timings tell an outsider how busy
+        # and how big this service is. /health and /ready stay open for probes
+        # (they say only up or not, and the model's name).
+        try:
+            service.authorize(request)
+        except errors.ApiError as err:
+            return err.response()
         service.metrics.queue_depth.set(service.admission.waiting)
         service.metrics.inflight.set(service.admission.inflight)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -88,7 +88,8 @@ def test_health_ready_metrics(stack):
     assert httpx.get(stack["url"] + "/health").json() == {"status": "ok"}
     ready = httpx.get(stack["url"] + "/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    metrics = httpx.get(stack["url"] + "/metrics").text
+    assert httpx.get(stack["url"] + "/metrics").status_code == 401
+    metrics = httpx.get(stack["url"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     for name in ("kta_api_requests_total", "kta_api_queue_depth", "kta_api_time_to_first_token_seconds",
                  "kta_api_tokens_per_second", "kta_api_engine_errors"):
         assert name in metrics

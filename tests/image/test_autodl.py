@@ -122,12 +122,17 @@ def test_killed_engine_is_restarted_and_api_says_503_meanwhile(appliance):
 def test_with_testinfra(appliance):
     host = testinfra.get_host(f"docker://{appliance['container'].id}")
     assert host.process.get(comm="supervisord").user == "root"
-    assert host.process.filter(comm="llama-server")
+    # The services themselves run unprivileged.
+    table = [line.split(None, 1) for line in host.check_output("ps -eo user:20,args").splitlines()[1:]]
+    for service in ("llama-server", "-m ktappliance.api", "open-webui serve"):
+        users = {user for user, args in table if service in args and "wait-for" not in args}
+        assert users == {"kta"}, (service, users)
     assert host.socket("tcp://0.0.0.0:6006").is_listening
     assert host.socket("tcp://0.0.0.0:6008").is_listening
     assert host.socket("tcp://127.0.0.1:8080").is_listening  # the engine stays inside
     assert not host.socket("tcp://0.0.0.0:8080").is_listening
     assert host.file("/root/.config/ktappliance/api_key").mode == 0o600
+    assert host.file("/root/.config/ktappliance/api_key").user == "kta"
 
 
 def test_fatal_program_stops_the_container(aio_image, docker_client, tiny_models, tmp_path_factory):

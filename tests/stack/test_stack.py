@@ -134,7 +134,8 @@ def test_chat_through_open_webui_reaches_the_engine(stack):
                     for choice in event.get("choices", []):
                         text += (choice.get("delta") or {}).get("content") or ""
         assert text
-    metrics = httpx.get(stack["api"] + "/metrics").text
+    metrics = httpx.get(stack["api"] + "/metrics",
+                        headers={"Authorization": f"Bearer {stack['env']['API_KEY']}"}).text
     assert 'kta_api_requests_total{endpoint="chat",status="200"}' in metrics  # it went through the API
 
 
@@ -187,3 +188,47 @@ def test_account_and_chats_survive_down_and_up(stack):
     token = signin(stack)  # signin, not signup: the account is still there
     chats = httpx.get(stack["webui"] + "/api/v1/chats/", headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert title in [c["title"] for c in chats.json()]
+
+
+def inspect(cid: str) -> dict:
+    return json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True, check=True).stdout)[0]
+
+
+def test_services_are_hardened_and_the_key_is_a_file(stack):
+    for service in ("engine", "api", "webui"):
+        host_config = inspect(container(stack, service))["HostConfig"]
+        assert "ALL" in (host_config["CapDrop"] or []), service
+        assert "no-new-privileges:true" in (host_config["SecurityOpt"] or []), service
+    api = inspect(container(stack, "api"))
+    assert api["HostConfig"]["ReadonlyRootfs"] is True
+    key = stack["env"]["API_KEY"]
+    assert not any(key in item for item in api["Config"]["Env"])  # not in what `docker inspect` shows
+    host = testinfra.get_host(f"docker://{container(stack, 'api')}")
+    assert host.file("/run/secrets/api_key").content_string.strip() == key
+    key_file = Path(stack["env"]["API_KEY_FILE"])
+    assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_refusal_no_restart_can_fix_stops_the_engine_for_good(stack, tmp_path):
+    # The stack's own settings, with a model directory that lost its second shard.
+    import shutil
+    broken = tmp_path / "broken-models"
+    shutil.copytree(stack["model_dir"], broken)
+    next(broken.rglob("*-00002-of-00003.gguf")).unlink()
+    env_file = tmp_path / "broken.env"
+    env_file.write_text("\n".join(f"MODEL_DIR={broken}" if line.startswith("MODEL_DIR=") else line
+                                  for line in stack["env_file"].read_text().splitlines()) + "\n")
+    project = ["docker", "compose", "-p", "kta-refusal-test", "--env-file", str(env_file)]
+    run = dict(cwd=REPO / "compose", capture_output=True, text=True, timeout=300,
+               env={**os.environ, "ENGINE_MEMLOCK": memlock_limit()})
+    try:
+        assert subprocess.run([*project, "up", "-d", "engine"], **run).returncode == 0
+        time.sleep(15)  # restart: on-failure would have started it again by now
+        cid = subprocess.run([*project, "ps", "-a", "-q", "engine"], **run).stdout.strip()
+        state = inspect(cid)
+        assert state["State"]["Status"] == "exited" and state["State"]["ExitCode"] == 0
+        assert state["RestartCount"] == 0
+        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stderr.strip().splitlines()
+        assert len(logs) == 1 and "missing (shard 2 of 3)" in logs[0], logs
+    finally:
+        subprocess.run([*project, "down", "-v"], **run)

@@ -52,7 +52,7 @@ def post(base, raw: bytes, path="/v1/chat/completions"):
 
 
 def bad_requests_counted(base) -> float:
-    text = httpx.get(f"{base}/metrics").text
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("kta_api_requests_total{") and 'status="400"' in line)
 
@@ -235,3 +235,9 @@ def test_engine_errors_map_to_openai_bodies(status, expected):
     with pytest.raises(errors.ApiError) as caught:
         asyncio.run(scenario())
     assert caught.value.status == expected and "boom" in caught.value.message
+
+
+def test_metrics_need_the_key_and_probes_do_not(api):
+    assert httpx.get(f"{api}/metrics").status_code == 401
+    assert httpx.get(f"{api}/health").status_code == 200
+    assert httpx.get(f"{api}/ready").status_code == 503  # open, and honest: no engine here
