@@ -272,7 +272,8 @@ def cmd_build(args) -> int:
                                             secrets=secrets, state_dir=Path(args.out) / "autodl")
         print(f"building {aio}", file=sys.stderr)
         builder.run(aio_command)
-        print(f"built {aio}: docker run -p 6006:6006 -p 6008:6008 -v /root/autodl-tmp:/root/autodl-tmp {aio}")
+        print(f"built {aio}: on AutoDL, docker run -p 6006:6006 -p 6008:6008 -v /root/autodl-tmp:/root/autodl-tmp {aio}; "
+              f"on other hosts publish on loopback only: -p 127.0.0.1:6006:6006 -p 127.0.0.1:6008:6008")
         if args.export:
             archive = autodl.export_image(aio, Path(args.out) / "autodl")
             print(f"exported {archive} (+ .sha256, manifest)")

@@ -97,7 +97,10 @@ def prebuilt_images(request):
                for item in request.session.items):
         return
     from support import prebuild
-    request.getfixturevalue("bases")
+    try:
+        request.getfixturevalue("bases")
+    except (pytest.skip.Exception, pytest.fail.Exception):
+        return  # no Docker: the image fixtures fail (CI) or skip in their own tests, not here
     prebuild.start(_build_lanes())
 
 

@@ -50,8 +50,12 @@ export OPENAI_API_KEY OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" \
     WEBUI_SECRET_KEY="$(cat "$KTA_CONFIG_DIR/webui_secret")" DATA_DIR="${DATA_DIR:-$KTA_DATA/webui}"
 mkdir -p "$DATA_DIR"
 if [ "$KTA_RUN_AS" != root ]; then
-    # The services' own files: the API reads its key, Open-WebUI writes its data.
+    # The services' own files: the API reads its key, Open-WebUI writes its
+    # data; the engine reads the models (public weights) on a data disk that
+    # may be mounted 0700 and root's.
     chown -R "$KTA_RUN_AS:" "$KTA_CONFIG_DIR" "$DATA_DIR"
+    chmod o+x "$KTA_DATA"
+    chmod -R o+rX "$KTA_MODEL_DIR"
 fi
 
 echo "ktappliance: Open-WebUI on :$KTA_WEBUI_PORT, API on :$KTA_API_PORT (key in $KTA_API_KEY_FILE), engine $KTA_ENGINE" >&2
