@@ -21,3 +21,8 @@ else
     KTA_APT_CA_OPT=""
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 DEBIAN_FRONTEND=noninteractive
+# Hosts with no network (the GPU tier's accelerator host): pip installs only
+# from the wheel folder KT_WHEELHOUSE.
+if [ -n "${KT_WHEELHOUSE:-}" ]; then
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS="$KT_WHEELHOUSE"
+fi

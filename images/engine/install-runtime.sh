@@ -7,7 +7,8 @@
 #           so the Dockerfile runs it while the builder stage compiles
 #   wheels  the built wheels, then the checks that fail the build instead of
 #           the first chat: libstdc++, the server's imports, Triton's compiler
-# Env: KT_APT_RUNTIME, KT_TORCH, KT_TORCH_INDEX, KT_RUNTIME_PIP, KT_WHEEL_DIR, KT_VENV, KT_USER.
+# Env: KT_APT_RUNTIME, KT_TORCH (a version, or "system"), KT_TORCH_INDEX, KT_RUNTIME_PIP, KT_WHEEL_DIR,
+#      KT_VENV, KT_USER, KT_WHEELHOUSE (offline: the only place pip installs from).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
@@ -30,14 +31,19 @@ install_base() {
         # shellcheck disable=SC2086
         "$common/apt-install.sh" python3 python3-venv ca-certificates libstdc++6 $KT_APT_RUNTIME
     fi
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    pip_install "torch==$KT_TORCH"
+    if [ "$KT_TORCH" = system ]; then
+        [ -x "$venv/bin/python" ] || "$common/venv-with-host-torch.sh" "$venv"
+    else
+        [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+        [ -n "${KT_WHEELHOUSE:-}" ] || "$venv/bin/pip" install -q --upgrade pip
+        pip_install "torch==$KT_TORCH"
+    fi
 }
 
 install_wheels() {
     # shellcheck disable=SC2086
-    set -- "torch==$KT_TORCH" ${KT_RUNTIME_PIP:-}
+    set -- ${KT_RUNTIME_PIP:-}
+    [ "$KT_TORCH" = system ] || set -- "torch==$KT_TORCH" "$@"
     for wheel in "$wheels"/*.whl; do
         [ -f "$wheel" ] || { echo "install-runtime: no wheels in $wheels" >&2; exit 1; }
         set -- "$@" "$wheel"
