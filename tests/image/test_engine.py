@@ -221,3 +221,22 @@ def test_amx_image_refuses_this_cpu_unless_it_has_amx():
         assert done.returncode == 0 and "ran" in done.stdout
     else:
         assert done.returncode == 3 and "built for the amx target" in done.stderr
+
+
+def test_flash_attn_plan_names_the_wheel_for_this_torch_and_estimates_a_compile(engine_image, docker_client):
+    # What a default build (--flash-attn wheel) decides, asked of the image's
+    # own torch: the prebuilt wheel flash-attn's release page would hold for
+    # it, and, where none matches, the archs and time of the compile it announces.
+    container, host = start(docker_client, engine_image.id)
+    try:
+        script = Path(__file__).resolve().parents[2] / "images/engine/build-flash-attn.sh"
+        subprocess.run(["docker", "cp", str(script), f"{container.id}:/tmp/build-flash-attn.sh"], check=True)
+        plan = host.check_output("KT_FLASH_ATTN=2.7.4.post1 TORCH_CUDA_ARCH_LIST='8.0;8.6;9.0+PTX' KT_JOBS=2 "
+                                 "sh /tmp/build-flash-attn.sh --print-plan")
+    finally:
+        container.kill()
+    values = dict(line.split(" ", 1) for line in plan.splitlines())
+    assert values["wheel"] == "flash_attn-2.7.4.post1+cu13torch2.14cxx11abiTRUE-cp311-cp311-linux_x86_64.whl"
+    assert values["url"].startswith("https://github.com/Dao-AILab/flash-attention/releases/download/v2.7.4.post1/")
+    assert "%2B" in values["url"] and values["archs"] == "80;90"
+    assert int(values["estimate_minutes"]) == 85 * 6 * 2 // 2
