@@ -122,14 +122,15 @@ def cmd_plan(args) -> int:
         quant = entry.quant(args.quant)
         weights, types = quant.size_bytes, set(quant.needs_types)
         alternatives = {name: q.size_bytes for name, q in entry.quants.items() if name != quant.name}
-    line = None
+    selection = None
     if args.engine == "ktransformers":
         if target is None:
             raise ApplianceError("no supported target for this CPU (it needs AVX2 and FMA)")
-        line = matrix.select(target, args.line, None, numa).line
-    fit = sizing.plan_fit(facts, entry, weights, types, engine=args.engine, line=line, numa=numa,
+        selection = matrix.select(target, args.line, None, numa)
+    fit = sizing.plan_fit(facts, entry, weights, types, engine=args.engine,
+                          line=selection.line if selection else None, numa=numa,
                           amx_target=target == "amx", alternatives=alternatives,
-                          target=matrix.target(target) if line else None,
-                          type_notes=type_notes(matrix, matrix.target(target)) if line else {})
+                          target=selection.target if selection else None,
+                          type_notes=selection.type_notes if selection else {})
     print(fit.to_json() if args.json else fit.to_text())
     return 0

@@ -106,9 +106,7 @@ def prebuilt_images(request):
 
 def _image(name: str, tag: str, docker_client):
     from support import prebuild
-    if not prebuild.started():
-        prebuild.start(_build_lanes())
-    prebuild.wait(name)
+    prebuild.wait(name)  # started by prebuilt_images, which every image fixture's `bases` follows
     return docker_client.images.get(tag)
 
 

@@ -39,10 +39,6 @@ def _run_lane(lane: list[tuple[str, Callable[[], object]]]) -> None:
             future.set_exception(exc)
 
 
-def started() -> bool:
-    return bool(_futures)
-
-
 def wait(name: str):
     """The build's result, or its failure raised here, in the test that needs it."""
     return _futures[name].result()
