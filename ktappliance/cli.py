@@ -44,7 +44,7 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engine", choices=("ktransformers", "llamacpp"), default="ktransformers",
                        help="ktransformers (default) or llamacpp (llama.cpp's server, Unsloth's recipe)")
     group.add_argument("--target", default="auto",
-                       help="CPU target: avx2, avx512, amx, or auto to detect this host (default: auto)")
+                       help="CPU target: avx2, avx512, avx512vnni, avx512bf16, amx, or auto to detect this host (default: auto)")
     numa = group.add_mutually_exclusive_group()
     numa.add_argument("--numa", dest="numa", action="store_true", default=None,
                       help="build with NUMA support (dual-socket hosts; needs about twice the RAM)")
@@ -72,7 +72,8 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("build environment")
     group.add_argument("--base-image", help="CUDA devel image to build in (default: nvidia/cuda per CUDA version)")
-    group.add_argument("--runtime-base-image", help="CUDA runtime image to run on")
+    group.add_argument("--runtime-base-image",
+                       help="image the engine runs on (default: nvidia/cuda's -base for KTransformers, -runtime for llama.cpp)")
     group.add_argument("--pip-index-url", default="", help="pip index (mirror) URL; passed as a secret")
     group.add_argument("--apt-mirror", default="", help="Debian/Ubuntu mirror URL, e.g. http://mirrors.example/ubuntu")
     group.add_argument("--http-proxy", default="", help="HTTP proxy for the build; passed as a secret")
