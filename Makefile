@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 TARGET ?= auto
 BUILD_FLAGS ?=
 
-.PHONY: setup appliance build render detect test test-fast test-image test-stack lint docker bases clean
+.PHONY: setup appliance build render detect test test-fast test-image test-stack test-gpu lint docker bases clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ test-stack: bases
 
 test: bases  ## every tier: unit, image builds, the running stack
 	$(PY) -m pytest -q tests/unit tests/image tests/stack
+
+# The GPU tier (tests/gpu): on a host with an NVIDIA GPU, nvcc and a CUDA torch
+# in python3; not part of `test` (CI has no GPU). GPU_PY=python3 runs it with a
+# python that already holds the test tools (a host without network).
+GPU_PY ?= $(PY)
+test-gpu: $(if $(filter $(PY),$(GPU_PY)),setup)  ## compile the engines here and serve a tiny DeepSeek on the GPU
+	$(GPU_PY) -m pytest -q -s tests/gpu $(PYTEST_ARGS)
 
 lint: setup  ## pyflakes on the code, hadolint on every shipped Dockerfile
 	$(PY) -m pyflakes ktappliance tests bench build.py

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ApplianceError
-from .matrix import CudaBase, LlamaCpp, Selection, Target
+from .matrix import CudaBase, LlamaCpp, Selection, Target, supported_types
 
 UPSTREAM_GIT = "https://github.com/kvcache-ai/ktransformers.git"
 FLASH_ATTN_MODES = ("wheel", "skip")
@@ -106,6 +106,25 @@ class BuildPlan:
             "TORCH_CUDA_ARCH_LIST": self.cuda_arch_list,
             "KT_JOBS": str(self.jobs),
             "KT_FLASH_ATTN": self.flash_attn_pin,
+        }
+
+    def install_env(self) -> dict[str, str]:
+        """What install-build-deps.sh and install-runtime.sh install."""
+        sel = self.selection
+        return {
+            "KT_TORCH": sel.torch.version, "KT_TORCH_INDEX": sel.torch.index_url,
+            "KT_APT_BUILD": " ".join(sel.line.apt_build), "KT_BUILD_PIP": " ".join(sel.line.build_pip),
+            "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
+        }
+
+    def runtime_env(self) -> dict[str, str]:
+        """What the engine entrypoint knows about its build (the image stamps it as ENV)."""
+        sel = self.selection
+        return {
+            "KT_TARGET": sel.target.name, "KT_REQUIRED_FLAGS": " ".join(sel.target.requires),
+            "KT_SERVER_FEATURES": " ".join(sel.line.server_features), "KT_LINE": sel.line.name,
+            "KT_QUANT_TYPES": ",".join(supported_types(sel.line, sel.target)),
+            "KT_BF16_NOTE": sel.type_notes.get("BF16", ""),
         }
 
     def labels(self) -> dict[str, str]:

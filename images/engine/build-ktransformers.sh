@@ -67,10 +67,16 @@ case "${1:-}" in
 esac
 
 # A fresh tree every time: upstream builds in-tree and a stale build dir keeps
-# the previous NUMA setting (upstream #634, #796).
+# the previous NUMA setting (upstream #634, #796). KT_RESUME=1 (the GPU tier,
+# whose host may stop a command mid-compile) keeps a tree built with exactly
+# these settings, so ninja compiles only what is missing.
+stamp="$KT_SOURCE|$CPU_INSTRUCT|${USE_NUMA:-}|$TORCH_CUDA_ARCH_LIST|$CFLAGS|$CMAKE_ARGS|$KT_REQUIRED_FLAGS"
+if [ "${KT_RESUME:-0}" = 1 ] && [ "$(cat "$workdir/.ktappliance-settings" 2>/dev/null)" = "$stamp" ]; then
+    echo "build-ktransformers: resuming the build in $workdir (same source and settings)"
+    mkdir -p "$wheels"
+else
 rm -rf "$workdir"
 mkdir -p "$workdir" "$wheels"
-[ -z "${CCACHE_DIR:-}" ] || mkdir -p "$CCACHE_DIR"
 case "${KT_SOURCE:?}" in
     http://*|https://*|git@*)
         git clone -q --depth 1 --branch "${KT_TAG:?}" "$KT_SOURCE" "$workdir"
@@ -88,6 +94,9 @@ case "${KT_SOURCE:?}" in
         [ -d "$KT_SOURCE" ] || { echo "build-ktransformers: no source at $KT_SOURCE" >&2; exit 2; }
         cp -a "$KT_SOURCE/." "$workdir/" ;;
 esac
+echo "$stamp" >"$workdir/.ktappliance-settings"
+fi
+[ -z "${CCACHE_DIR:-}" ] || mkdir -p "$CCACHE_DIR"
 [ -f "$workdir/setup.py" ] || { echo "build-ktransformers: $KT_SOURCE holds no setup.py" >&2; exit 2; }
 
 echo "build-ktransformers: CPU_INSTRUCT=$CPU_INSTRUCT USE_NUMA=${USE_NUMA:-<unset>} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST jobs=$jobs"

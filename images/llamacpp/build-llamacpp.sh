@@ -18,6 +18,12 @@ work=${LLAMA_WORKDIR:-/build/llama.cpp}
 prefix=${LLAMA_PREFIX:-/opt/llama.cpp}
 jobs=${LLAMA_JOBS:-2}
 
+# KT_RESUME's twin: LLAMA_RESUME=1 keeps a tree configured with exactly these
+# settings, so a stopped CUDA compile goes on where it was.
+stamp="${LLAMA_SOURCE:?}|${LLAMA_CPU_CMAKE:-}|${LLAMA_CUDA_ARCHS:-}"
+if [ "${LLAMA_RESUME:-0}" = 1 ] && [ "$(cat "$work/.ktappliance-settings" 2>/dev/null)" = "$stamp" ]; then
+    echo "build-llamacpp: resuming the build in $work (same source and settings)"
+else
 rm -rf "$work" && mkdir -p "$work/raw"
 case "${LLAMA_SOURCE:?}" in
     http://*|https://*|git@*)
@@ -30,6 +36,8 @@ case "${LLAMA_SOURCE:?}" in
     *.tar.gz|*.tgz) tar -xzf "$LLAMA_SOURCE" -C "$work/raw" ;;
     *) cp -a "$LLAMA_SOURCE/." "$work/raw/" ;;
 esac
+echo "$stamp" >"$work/.ktappliance-settings"
+fi
 # The tree is the shallowest directory with the server's sources in it.
 tree=$(find "$work/raw" -maxdepth 7 -path '*/tools/server/CMakeLists.txt' | awk '{ print length, $0 }' | sort -n | head -n1 | cut -d' ' -f2-)
 [ -n "$tree" ] || { echo "build-llamacpp: no llama.cpp tree (tools/server) in $LLAMA_SOURCE" >&2; exit 2; }

@@ -27,4 +27,5 @@ fi
 if [ "${KT_MODEL_CHECK:-1}" = 1 ]; then
     python3 "$here/../common/modelcheck.py" "$model" --engine llama.cpp || exit "${KT_REFUSAL_EXIT:-2}"
 fi
-exec /opt/llama.cpp/bin/llama-server "$@"
+# LLAMA_SERVER: where a native install (the GPU tier) put the binary.
+exec "${LLAMA_SERVER:-/opt/llama.cpp/bin/llama-server}" "$@"

@@ -1,0 +1,243 @@
+"""The GPU tier's host side: build the engines natively with the same
+images/ scripts the Dockerfiles and the AutoDL bundle run, then start them the
+way the images do.
+
+Settings (environment):
+  KTA_WHEELHOUSE     folders of wheels (space separated): the host has no
+                     network and pip installs only from there
+  KTA_KT_SOURCES     folder with ktransformers-<tag>.tar.gz (default ../shared/sources
+                     when it exists, else the pinned tag from GitHub)
+  KTA_LLAMACPP_SRC   llama.cpp tree or .tar.gz (default: the pinned tag from GitHub)
+  KTA_GPU_WORK       where builds and logs go (default build/gpu)
+Builds resume: a finished step is skipped and a stopped compile goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+STANDIN = REPO / "tests" / "support" / "flash_attn_standin"
+# The CPU target each engine is compiled for in this tier.
+KT_CASES = {"v0.2.3": "avx512", "v0.3.2": "amx"}
+LLAMACPP_TARGET = "avx512"
+
+
+def gpu_problem() -> str | None:
+    """None when an NVIDIA GPU, nvcc and a CUDA torch are here, else why not."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "no nvidia-smi on PATH: this tier needs an NVIDIA GPU and its driver"
+    listed = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    if listed.returncode != 0 or "GPU" not in listed.stdout:
+        return f"nvidia-smi lists no GPU ({(listed.stderr or listed.stdout).strip()[:120]})"
+    if not (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc").exists():
+        return "no CUDA toolkit: nvcc not found under $CUDA_HOME (default /usr/local/cuda)"
+    probe = subprocess.run(["python3", "-c", "import torch; assert torch.cuda.is_available(); print(torch.version.cuda)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "python3 has no torch that sees the GPU (pip install torch for your CUDA first)"
+    return None
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@dataclass(frozen=True)
+class GpuHost:
+    compute_cap: str        # "9.0"
+    torch_cuda: str         # "13.0"
+    jobs: int
+    work: Path
+    wheelhouse: str
+
+    @classmethod
+    def probe(cls) -> "GpuHost":
+        cap = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout.split()[0]
+        cuda = subprocess.run(["python3", "-c", "import torch; print(torch.version.cuda)"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        work = Path(os.environ.get("KTA_GPU_WORK", REPO / "build" / "gpu")).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        return cls(compute_cap=cap, torch_cuda=cuda, jobs=os.cpu_count() or 2, work=work,
+                   wheelhouse=os.environ.get("KTA_WHEELHOUSE", ""))
+
+    def base_env(self) -> dict[str, str]:
+        env = {**os.environ, "KT_SKIP_APT": "1", "PYTHONUNBUFFERED": "1"}
+        if self.wheelhouse:
+            env["KT_WHEELHOUSE"] = self.wheelhouse
+        return env
+
+
+def run_step(name: str, command: list[str], env: dict[str, str], log: Path, done: Path) -> None:
+    """Run one build step unless its stamp says it finished; its output goes to
+    the log (and the last lines into the failure)."""
+    if done.exists():
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"\n=== {name}: {' '.join(command)}\n")
+        out.flush()
+        result = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"{name} failed (exit {result.returncode}); end of {log}:\n{tail}")
+    done.write_text(f"{time.monotonic() - started:.0f}\n")
+    print(f"gpu tier: {name} done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def ktransformers_source(tag: str) -> str:
+    folder = os.environ.get("KTA_KT_SOURCES") or str(REPO.parent / "shared" / "sources")
+    tarball = Path(folder) / f"ktransformers-{tag}.tar.gz"
+    return str(tarball) if tarball.is_file() else "https://github.com/kvcache-ai/ktransformers.git"
+
+
+def engine_layout(work: Path) -> Path:
+    """images/engine and images/common as the image lays them out under
+    /opt/ktappliance (the model check beside the CPU guard)."""
+    app = work / "app"
+    shutil.rmtree(app, ignore_errors=True)
+    shutil.copytree(IMAGES / "engine", app / "engine")
+    shutil.copytree(IMAGES / "common", app / "common")
+    shutil.copy(REPO / "ktappliance" / "modelcheck.py", app / "common" / "modelcheck.py")
+    return app
+
+
+@dataclass(frozen=True)
+class EngineInstall:
+    name: str
+    venv: Path
+    runtime_env: dict[str, str]
+    app: Path
+    home: Path
+
+
+def build_ktransformers(host: GpuHost, line: str, target: str) -> EngineInstall:
+    """install-build-deps.sh, build-ktransformers.sh, install-runtime.sh: the
+    Dockerfile's three steps, for this GPU's arch only, with the host's torch."""
+    from ktappliance.matrix import load_matrix
+    from ktappliance.plan import make_plan
+
+    matrix = load_matrix()
+    selection = matrix.select(target, line=line, cuda=host.torch_cuda if host.torch_cuda in
+                              matrix.lines[line].torch_by_cuda else None, numa=False)
+    plan = make_plan(selection, cuda_arch_list=host.compute_cap, default_arch_list=host.compute_cap,
+                     jobs=host.jobs, flash_attn="skip")
+    name = f"{line}-{target}"
+    root = host.work / name
+    install = plan.install_env()
+    # The host's torch was built against the host's numpy: a numpy<2 pin in
+    # the venv in front of it would break torch, so numpy follows the host.
+    build_pip = " ".join("numpy" if p.startswith("numpy") else p for p in install["KT_BUILD_PIP"].split())
+    env = {**host.base_env(), **install, **plan.compile_env(), "KT_TORCH": "system", "KT_BUILD_PIP": build_pip,
+           "KT_SOURCE": ktransformers_source(selection.line.tag), "KT_WORKDIR": str(root / "src"),
+           "KT_WHEEL_DIR": str(root / "wheels"), "KT_RESUME": "1",
+           "PYTHONPATH": str(STANDIN)}
+    log = root / "build.log"
+    build_venv, venv = root / "build-venv", root / "venv"
+    run_step(f"{name}: build deps", ["sh", str(IMAGES / "engine" / "install-build-deps.sh")],
+             {**env, "KT_VENV": str(build_venv)}, log, root / ".deps-done")
+    run_step(f"{name}: compile", ["sh", str(IMAGES / "engine" / "build-ktransformers.sh")],
+             {**env, "KT_VENV": str(build_venv)}, log, root / ".compile-done")
+    run_step(f"{name}: runtime", ["sh", str(IMAGES / "engine" / "install-runtime.sh"), "all"],
+             {**env, "KT_VENV": str(venv)}, log, root / ".runtime-done")
+    return EngineInstall(name=name, venv=venv, runtime_env=plan.runtime_env(), app=engine_layout(root),
+                         home=root / "home")
+
+
+def build_llamacpp(host: GpuHost, target: str) -> Path:
+    """images/llamacpp/build-llamacpp.sh with CUDA for this GPU: the llama-server binary."""
+    from ktappliance.matrix import load_matrix
+
+    matrix = load_matrix()
+    llamacpp, chosen = matrix.llamacpp, matrix.target(target)
+    root = host.work / f"llamacpp-{target}-cuda"
+    env = {**host.base_env(), "LLAMA_SOURCE": os.environ.get("KTA_LLAMACPP_SRC") or llamacpp.git,
+           "LLAMA_TAG": llamacpp.tag, "LLAMA_COMMIT": llamacpp.commit,
+           "LLAMA_CPU_CMAKE": " ".join(chosen.llamacpp_cmake),
+           "LLAMA_CUDA_ARCHS": host.compute_cap.replace(".", ""), "LLAMA_JOBS": str(host.jobs),
+           "LLAMA_WORKDIR": str(root / "src"), "LLAMA_PREFIX": str(root), "LLAMA_RESUME": "1",
+           "CUDA_HOME": os.environ.get("CUDA_HOME", "/usr/local/cuda")}
+    env["PATH"] = f"{env['CUDA_HOME']}/bin:{env['PATH']}"
+    run_step(f"llama.cpp {target}+CUDA: compile", ["sh", str(IMAGES / "llamacpp" / "build-llamacpp.sh")],
+             env, root / "build.log", root / ".compile-done")
+    return root / "bin" / "llama-server"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A process started in the background, its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path):
+        self.name, self.log = name, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = log.open("w")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_http(self, url: str, timeout: float, headers: dict[str, str] | None = None) -> float:
+        """Seconds until url answers 200; fails with the log's end if the process dies or time runs out."""
+        import httpx
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; end of its log:\n{self.tail()}")
+            try:
+                if httpx.get(url, headers=headers, timeout=5).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"{self.name} did not answer {url} within {timeout:.0f} s; end of its log:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._out.close()
+
+
+def start_api(work: Path, upstream: str, key: str) -> tuple[Service, str]:
+    port = free_port()
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "KTA_UPSTREAM": upstream, "KTA_API_KEYS": key, "PYTHONPATH": path}
+    service = Service("API service", [sys.executable, "-m", "ktappliance.api", "--host", "127.0.0.1", "--port", str(port)],
+                      env, work / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    service.wait_http(f"{url}/health", 60)
+    return service, url
+
+
+def record_figures(work: Path, name: str, figures: dict) -> None:
+    """bench/RESULTS.md's GPU table reads these: one JSON file per engine."""
+    path = work / "figures.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = figures
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,21 @@
+#!/bin/sh
+# The GPU tier on a host without network (the accelerator host): the test
+# tools and every Python package the engines install come from wheel folders
+# prepared on a machine with network; torch is the host's own.
+# Usage: tests/gpu/offline-host.sh WHEEL_DIR... [-- PYTEST_ARGS]
+# Env: KTA_KT_SOURCES, KTA_LLAMACPP_SRC, KTA_GPU_WORK (see tests/gpu/gpuhost.py)
+set -eu
+cd "$(dirname "$0")/../.."
+wheels=""
+while [ $# -gt 0 ] && [ "$1" != -- ]; do wheels="$wheels $(cd "$1" && pwd)"; shift; done
+[ "${1:-}" != -- ] || shift
+[ -n "$wheels" ] || { echo "offline-host.sh: name at least one wheel folder" >&2; exit 2; }
+export KTA_WHEELHOUSE="${wheels# }"
+venv=${KTA_GPU_TOOL_VENV:-/tmp/kta-gpu-tools}
+[ -x "$venv/bin/python" ] || sh images/common/venv-with-host-torch.sh "$venv"
+PIP_NO_INDEX=1 PIP_FIND_LINKS="$KTA_WHEELHOUSE" PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    "$venv/bin/pip" install -q starlette uvicorn openai gguf tokenizers
+if command -v make >/dev/null 2>&1; then
+    exec make test-gpu GPU_PY="$venv/bin/python" PYTEST_ARGS="$*"
+fi
+exec "$venv/bin/python" -m pytest -q -s tests/gpu "$@"
