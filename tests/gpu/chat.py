@@ -30,12 +30,12 @@ class StreamedChat:
         return (self.tokens - 1) / streaming if self.tokens > 1 and streaming > 0 else 0.0
 
 
-def stream_chat(client, model: str, max_tokens: int = 32) -> StreamedChat:
+def stream_chat(client, model: str, max_tokens: int = 32, prompt: str = PROMPT) -> StreamedChat:
     started = time.monotonic()
     first, parts, chunks, finish, usage = None, [], 0, None, None
     stream = client.chat.completions.create(model=model, stream=True, max_tokens=max_tokens,
                                             stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": PROMPT}])
+                                            messages=[{"role": "user", "content": prompt}])
     for event in stream:
         usage = getattr(event, "usage", None) or usage
         if not event.choices:
@@ -54,9 +54,10 @@ def stream_chat(client, model: str, max_tokens: int = 32) -> StreamedChat:
                         usage.completion_tokens if usage else None)
 
 
-def prompt_tokens(config_dir: Path) -> int:
+def prompt_tokens(config_dir: Path, prompt: str = PROMPT) -> int:
+    """The prompt's length in the model's tokens, with the chat template's three."""
     from tokenizers import Tokenizer
-    return len(Tokenizer.from_file(str(config_dir / "tokenizer.json")).encode(PROMPT).ids) + 3
+    return len(Tokenizer.from_file(str(config_dir / "tokenizer.json")).encode(prompt).ids) + 3
 
 
 def engine_performance(*logs: Path) -> dict[str, float]:

@@ -241,3 +241,32 @@ def record_figures(work: Path, name: str, figures: dict) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[name] = figures
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compile ahead of the tests (in parallel, resumable): on a host whose
+    commands are cut off, start this detached and let `make test-gpu` find
+    the finished steps."""
+    import argparse
+    from concurrent.futures import ThreadPoolExecutor
+
+    parser = argparse.ArgumentParser(prog="python3 tests/gpu/gpuhost.py", description=main.__doc__)
+    parser.add_argument("what", nargs="+", choices=[*KT_CASES, "llamacpp"])
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    problem = gpu_problem()
+    if problem:
+        print(f"GPU tier: {problem}", file=sys.stderr)
+        return 1
+    host = GpuHost.probe()
+    with ThreadPoolExecutor(max_workers=len(args.what)) as pool:
+        futures = {name: pool.submit(build_llamacpp, host, LLAMACPP_TARGET) if name == "llamacpp"
+                   else pool.submit(build_ktransformers, host, name, KT_CASES[name]) for name in args.what}
+    failed = [name for name, future in futures.items() if future.exception()]
+    for name in failed:
+        print(f"GPU tier: {futures[name].exception()}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import gpuhost
-from chat import engine_performance, prompt_tokens, stream_chat
+from chat import PROMPT, engine_performance, prompt_tokens, stream_chat
 from support import tiny_deepseek
 
 API_KEY = "gpu-tier-key"
@@ -31,12 +31,16 @@ def serve_and_chat(host, engine, model_dir: Path, name: str, upstream: str, read
         ready = httpx.get(f"{url}/ready", timeout=30).json()
         assert ready["ready"] is True and "DeepSeek-R1" in listed, (listed, ready)
         assert "DeepSeek-R1" in ready["models"] and set(ready["models"]) <= set(listed), (listed, ready)
-        second = stream_chat(client, "DeepSeek-R1")
+        # A prompt that shares no prefix with the first, so that the second
+        # chat's first token measures a real prefill (engines reuse a cached prefix).
+        second_prompt = "Second question, from the start. " + PROMPT
+        second = stream_chat(client, "DeepSeek-R1", prompt=second_prompt)
         assert second.chunks > 0, f"{name}: the second chat brought no tokens; engine log:\n{engine.tail()}"
-        print(f"{name}: {first.chunks} tokens, then {second.chunks}: {second.text[:80]!r}")
-        return {"load_s": round(load_s, 1), "prompt_tokens": prompt_tokens(model_dir / "config"),
+        print(f"{name}: {first.chunks} chunks, then {second.chunks}: {second.text[:80]!r}")
+        prompt_length = prompt_tokens(model_dir / "config", second_prompt)
+        return {"load_s": round(load_s, 1), "prompt_tokens": prompt_length,
                 "first_token_s": round(second.first_token_s, 3),
-                "prefill_tok_s": round(prompt_tokens(model_dir / "config") / second.first_token_s, 1),
+                "prefill_tok_s": round(prompt_length / second.first_token_s, 1),
                 "decode_tok_s": round(second.decode_tokens_per_s, 1), "tokens": second.tokens}
     finally:
         api.stop()
@@ -89,7 +93,8 @@ def test_llamacpp_offloads_every_layer(gpu_host, builds, tmp_path):
     (app / "llamacpp").mkdir()
     entrypoint = gpuhost.IMAGES / "llamacpp" / "entrypoint.sh"
     (app / "llamacpp" / "entrypoint.sh").write_bytes(entrypoint.read_bytes())
-    engine = gpuhost.Service("llama.cpp CUDA", ["sh", str(app / "llamacpp" / "entrypoint.sh")], env,
+    # --verbose: this llama.cpp prints the layer placement only at debug level.
+    engine = gpuhost.Service("llama.cpp CUDA", ["sh", str(app / "llamacpp" / "entrypoint.sh"), "--verbose"], env,
                              gpu_host.work / "llamacpp-engine.log")
     try:
         figures = serve_and_chat(gpu_host, engine, tmp_path / "model", "llamacpp", f"http://127.0.0.1:{port}", "/health")

@@ -247,3 +247,12 @@ def test_build_script_refuses_march_native():
     done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "native" in done.stderr
+
+
+@pytest.mark.parametrize("target, line", [("amx", "v0.3.2"), ("avx512bf16", "v0.2.3"), ("avx2", "v0.2.3")])
+def test_native_installs_get_the_values_the_image_stamps(tmp_path, target, line):
+    """The GPU tier and the AutoDL bundle take these from the plan; the image from its template."""
+    plan = plan_for(target, line)
+    content = render(plan, tmp_path).dockerfile.read_text()
+    for key, value in {**plan.runtime_env(), **plan.install_env()}.items():
+        assert f'{key}="{value}"' in content or f"{key}={value} " in content, (key, value)
