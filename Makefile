@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 TARGET ?= auto
 BUILD_FLAGS ?=
 
-.PHONY: setup appliance build render detect test test-fast test-image test-stack test-gpu lint docker bases clean
+.PHONY: setup appliance build render detect test test-fast test-image test-stack test-gpu lint docker browser bases clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ appliance: docker  ## set up (Docker too, as root) and build the engine image fo
 docker: setup  ## a Docker engine with BuildKit and Compose v2 (installs Debian's docker.io as root if none)
 	KTA_VENV=$(VENV) bash tests/support/ensure-docker.sh
 
+browser:  ## Chromium and chromedriver for the browser test (installs Debian's as root if none)
+	bash tests/support/ensure-browser.sh
+
 bases: docker  ## the stand-in base images the image and stack tests build FROM
 	bash tests/support/build-bases.sh
 
@@ -41,10 +44,10 @@ test-fast: setup  ## unit tests only: no Docker
 test-image: bases
 	$(PY) -m pytest -q tests/image
 
-test-stack: bases
+test-stack: bases browser
 	$(PY) -m pytest -q tests/stack
 
-test: bases  ## every tier: unit, image builds, the running stack
+test: bases browser  ## every tier: unit, image builds, the running stack
 	$(PY) -m pytest -q tests/unit tests/image tests/stack
 
 # The GPU tier (tests/gpu): on a host with an NVIDIA GPU, nvcc and a CUDA torch

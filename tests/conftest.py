@@ -138,3 +138,10 @@ def engine_numa_image(engine_image, docker_client):
 @pytest.fixture(scope="session")
 def engine_amx_image(bases, docker_client):
     return _image("engine-amx", ENGINE_AMX_TAG, docker_client)
+
+
+@pytest.fixture(scope="session")
+def stack(llamacpp_image, api_image, webui_image, tiny_models, tmp_path_factory):
+    """The compose stack, once per run, shared by the stack tier's modules."""
+    from support.stack import run_stack
+    yield from run_stack(tiny_models["split_first"].parent, tmp_path_factory)

@@ -106,3 +106,14 @@ def test_build_resumes_only_a_tree_with_the_same_settings(tmp_path):
     assert "resuming" in again.stdout and (work / "half-built.o").exists()
     fresh, _ = run_build_script(tmp_path, "0")  # the default: a fresh tree every time
     assert "resuming" not in fresh.stdout and not (work / "half-built.o").exists()
+
+
+def test_offline_host_needs_a_wheel_folder():
+    done = subprocess.run(["sh", str(REPO / "tests/gpu/offline-host.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == "offline-host.sh: name at least one wheel folder"
+
+
+def test_building_ahead_without_a_gpu_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "tests/gpu/gpuhost.py"), "v0.2.3"], capture_output=True,
+                          text=True, env={**os.environ, "PATH": str(tmp_path)})
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0 and "GPU tier:" in done.stderr
