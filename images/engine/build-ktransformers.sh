@@ -9,6 +9,8 @@
 #   KT_NUMA         1 to build with NUMA. Upstream tests `if(DEFINED ENV{USE_NUMA})`,
 #                   so USE_NUMA=0 would turn it ON: it is exported only when wanted.
 #   TORCH_CUDA_ARCH_LIST, KT_JOBS, KT_WHEEL_DIR, KT_VENV, KT_FLASH_ATTN (version or "skip")
+#   KT_SPLIT_COMPILE  threads nvcc may use for one file (default KT_JOBS; 1: off)
+#   KT_RESUME       1: keep a work tree built with the same settings (see below)
 # Options: --print-env / --print-lscpu show what the compile would see, and stop.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +33,9 @@ esac
 
 export KTRANSFORMERS_FORCE_BUILD=TRUE CPU_INSTRUCT
 export MAX_JOBS="$jobs" CMAKE_BUILD_PARALLEL_LEVEL="$jobs"
+split=${KT_SPLIT_COMPILE:-$jobs}
+nvcc_append=${NVCC_APPEND_FLAGS:-}
+[ "$split" = 1 ] || nvcc_append="${nvcc_append:+$nvcc_append }--split-compile=$split"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:?}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export CFLAGS="${KT_CFLAGS:-}" CXXFLAGS="${KT_CFLAGS:-}" CMAKE_ARGS="${KT_CMAKE_ARGS:-}"
@@ -59,7 +64,7 @@ export PATH
 
 case "${1:-}" in
     --print-env)
-        env | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST|CFLAGS|CXXFLAGS|CMAKE_ARGS)=' | sort
+        { env; echo "NVCC_APPEND_FLAGS=$nvcc_append"; } | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST|CFLAGS|CXXFLAGS|CMAKE_ARGS|NVCC_APPEND_FLAGS)=' | sort
         exit 0 ;;
     --print-lscpu)
         lscpu
@@ -103,7 +108,12 @@ echo "build-ktransformers: CPU_INSTRUCT=$CPU_INSTRUCT USE_NUMA=${USE_NUMA:-<unse
 echo "build-ktransformers: CFLAGS='$CFLAGS' CMAKE_ARGS='$CMAKE_ARGS'; lscpu reports: $KT_REQUIRED_FLAGS"
 cd "$workdir"
 # -v: the compile takes many minutes; its lines are the progress.
-PATH="$venv/bin:$PATH" "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
+# nvcc spreads one file's optimisation over threads: upstream's Marlin kernel is
+# one file that otherwise compiles on one core for many minutes (0.40 of the
+# time with two threads, bench/marlin_compile.py). Only this compile: the
+# flash-attn build below has threads of its own and needs much memory.
+NVCC_APPEND_FLAGS="$nvcc_append" PATH="$venv/bin:$PATH" \
+    "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
 
 KT_WHEEL_DIR="$wheels" sh "$here/build-flash-attn.sh"
 ls -l "$wheels"

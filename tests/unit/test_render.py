@@ -256,3 +256,17 @@ def test_native_installs_get_the_values_the_image_stamps(tmp_path, target, line)
     content = render(plan, tmp_path).dockerfile.read_text()
     for key, value in {**plan.runtime_env(), **plan.install_env()}.items():
         assert f'{key}="{value}"' in content or f"{key}={value} " in content, (key, value)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({}, "--split-compile=4"),
+    ({"KT_SPLIT_COMPILE": "1"}, None),
+    ({"NVCC_APPEND_FLAGS": "-lineinfo"}, "-lineinfo --split-compile=4"),
+])
+def test_nvcc_splits_one_file_over_the_build_jobs(extra, expected):
+    env = {"PATH": os.environ["PATH"], "CPU_INSTRUCT": "AVX2", "TORCH_CUDA_ARCH_LIST": "9.0",
+           "KT_REQUIRED_FLAGS": "avx2 fma f16c", "KT_JOBS": "4", **extra}
+    done = subprocess.run(["sh", str(REPO / "images/engine/build-ktransformers.sh"), "--print-env"],
+                          env=env, capture_output=True, text=True, check=True)
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert (values.get("NVCC_APPEND_FLAGS") or None) == expected
