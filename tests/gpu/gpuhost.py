@@ -105,12 +105,12 @@ def ktransformers_source(tag: str) -> str:
     return str(tarball) if tarball.is_file() else "https://github.com/kvcache-ai/ktransformers.git"
 
 
-def engine_layout(work: Path) -> Path:
-    """images/engine and images/common as the image lays them out under
+def image_layout(work: Path, image: str) -> Path:
+    """images/<image> and images/common as its image lays them out under
     /opt/ktappliance (the model check beside the CPU guard)."""
     app = work / "app"
     shutil.rmtree(app, ignore_errors=True)
-    shutil.copytree(IMAGES / "engine", app / "engine")
+    shutil.copytree(IMAGES / image, app / image)
     shutil.copytree(IMAGES / "common", app / "common")
     shutil.copy(REPO / "ktappliance" / "modelcheck.py", app / "common" / "modelcheck.py")
     return app
@@ -154,7 +154,7 @@ def build_ktransformers(host: GpuHost, line: str, target: str) -> EngineInstall:
              {**env, "KT_VENV": str(build_venv)}, log, root / ".compile-done")
     run_step(f"{name}: runtime", ["sh", str(IMAGES / "engine" / "install-runtime.sh"), "all"],
              {**env, "KT_VENV": str(venv)}, log, root / ".runtime-done")
-    return EngineInstall(name=name, venv=venv, runtime_env=plan.runtime_env(), app=engine_layout(root),
+    return EngineInstall(name=name, venv=venv, runtime_env=plan.runtime_env(), app=image_layout(root, "engine"),
                          home=root / "home")
 
 
@@ -177,13 +177,6 @@ def build_llamacpp(host: GpuHost, target: str) -> Path:
     return root / "bin" / "llama-server"
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Service:
     """A process started in the background, its output in a log file."""
 
@@ -198,20 +191,16 @@ class Service:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def wait_http(self, url: str, timeout: float, headers: dict[str, str] | None = None) -> float:
-        """Seconds until url answers 200; fails with the log's end if the process dies or time runs out."""
-        import httpx
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_http(self, url: str, timeout: float) -> float:
+        """Seconds from the start until url answers 200; fails with the log's end if the process dies or time runs out."""
+        from support.netwait import wait_for_ok
+
+        def still_alive():
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; end of its log:\n{self.tail()}")
-            try:
-                if httpx.get(url, headers=headers, timeout=5).status_code == 200:
-                    return time.monotonic() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"{self.name} did not answer {url} within {timeout:.0f} s; end of its log:\n{self.tail()}")
+        if not wait_for_ok(url, timeout, still_alive=still_alive):
+            raise RuntimeError(f"{self.name} did not answer {url} within {timeout:.0f} s; end of its log:\n{self.tail()}")
+        return time.monotonic() - self.started
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -225,6 +214,7 @@ class Service:
 
 
 def start_api(work: Path, upstream: str, key: str) -> tuple[Service, str]:
+    from support.netwait import free_port
     port = free_port()
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "KTA_UPSTREAM": upstream, "KTA_API_KEYS": key, "PYTHONPATH": path}

@@ -13,6 +13,7 @@ import pytest
 import gpuhost
 from chat import PROMPT, engine_performance, prompt_tokens, stream_chat
 from support import tiny_deepseek
+from support.netwait import free_port
 
 API_KEY = "gpu-tier-key"
 
@@ -56,7 +57,7 @@ def test_ktransformers_serves_tiny_deepseek(line, variant, rule, gpu_host, build
     if missing:
         pytest.skip(f"this CPU lacks {' '.join(sorted(missing))}: the {install.runtime_env['KT_TARGET']} build cannot run here")
     model = tiny_deepseek.write_model(tmp_path / "model", variant)
-    port = gpuhost.free_port()
+    port = free_port()
     triton_cache = tmp_path / "triton-cache"
     log_dir = install.home / ".ktransformers"
     env = {**os.environ, **install.runtime_env, "KT_VENV": str(install.venv), "KT_HOST": "127.0.0.1",
@@ -82,17 +83,14 @@ def test_ktransformers_serves_tiny_deepseek(line, variant, rule, gpu_host, build
 def test_llamacpp_offloads_every_layer(gpu_host, builds, tmp_path):
     server = builds.llama_server()
     model = tiny_deepseek.write_model(tmp_path / "model", "q4k_iq1s")
-    port = gpuhost.free_port()
+    port = free_port()
     from ktappliance.matrix import load_matrix
     target = load_matrix().target(gpuhost.LLAMACPP_TARGET)
     env = {**os.environ, "KT_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
            "LLAMA_SERVER": str(server), "LLAMA_ARG_MODEL": str(model["gguf_file"]),
            "LLAMA_ARG_HOST": "127.0.0.1", "LLAMA_ARG_PORT": str(port), "LLAMA_ARG_N_GPU_LAYERS": "999",
            "LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_JINJA": "true", "LLAMA_ARG_ALIAS": "DeepSeek-R1"}
-    app = gpuhost.engine_layout(gpu_host.work / "llamacpp-app")
-    (app / "llamacpp").mkdir()
-    entrypoint = gpuhost.IMAGES / "llamacpp" / "entrypoint.sh"
-    (app / "llamacpp" / "entrypoint.sh").write_bytes(entrypoint.read_bytes())
+    app = gpuhost.image_layout(gpu_host.work / "llamacpp-app", "llamacpp")
     # --verbose: this llama.cpp prints the layer placement only at debug level.
     engine = gpuhost.Service("llama.cpp CUDA", ["sh", str(app / "llamacpp" / "entrypoint.sh"), "--verbose"], env,
                              gpu_host.work / "llamacpp-engine.log")

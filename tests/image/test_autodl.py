@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import subprocess
-import time
 import uuid
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 import testinfra
 
 from support import dockerenv
+from support.netwait import wait_for_ok
 from support.settings import LLAMACPP_TAG
 
 pytestmark = pytest.mark.image
@@ -39,19 +39,12 @@ def data_disk(tmp_path_factory, tiny_models, with_model=True):
 
 
 def wait_http(url: str, timeout: float = 300, container=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if container is not None:
-            container.reload()
-            if container.status == "exited":
-                pytest.fail(f"{container.name} exited:\n{container.logs(tail=30).decode(errors='replace')}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+    def still_running():
+        container.reload()
+        if container.status == "exited":
+            pytest.fail(f"{container.name} exited:\n{container.logs(tail=30).decode(errors='replace')}")
+    if not wait_for_ok(url, timeout, interval=2, still_alive=still_running if container is not None else None):
+        pytest.fail(f"{url} did not answer within {timeout:.0f} s")
 
 
 def exec_out(container, *argv: str) -> str:

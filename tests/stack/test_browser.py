@@ -6,7 +6,8 @@ import pytest
 
 from support.browser import BrowserCheckFailed, OpenWebUI, chromium_paths, start_browser
 from support.dockerenv import in_ci
-from support.stack import ADMIN, compose, free_port, wait_healthy
+from support.netwait import free_port
+from support.stack import ADMIN, compose, wait_healthy
 
 pytestmark = pytest.mark.stack
 PROMPT = "Why is the sky blue?"

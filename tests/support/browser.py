@@ -114,14 +114,13 @@ class OpenWebUI:
         box.click()
         box.send_keys(prompt)
         box.send_keys(Keys.ENTER)
-        last = lambda: self._find(".message-listitem #response-content-container")[-1]  # noqa: E731
 
         def finished():
             # The copy button comes with the message's actions, once the stream has ended.
             items = self._find(".message-listitem")
             return items and items[-1].find_elements("css selector", "button[aria-label='Copy']")
         self._wait("the answer to finish", finished, timeout, "the answer never arrived")
-        container = last()
+        container = self._find(".message-listitem #response-content-container")[-1]
         prose = container.find_elements("css selector", ".markdown-prose")
         text = "\n".join(p.text for p in prose).strip()
         if not text:

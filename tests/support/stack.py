@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import time
 from datetime import datetime
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from support.netwait import free_port, wait_for_ok
 from support.settings import API_TAG, LLAMACPP_TAG, WEBUI_TAG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,12 +29,6 @@ PROJECT = "kta-stack-test"
 ADMIN = {"name": "Admin", "email": "admin@example.com", "password": "correct-horse-battery"}
 OVERRIDE = REPO / "tests" / "stack" / "engine-reasoning.override.yml"
 GRAMMAR = REPO / "tests" / "stack" / "think.gbnf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memlock_limit() -> str:
@@ -83,15 +77,8 @@ def signin(stack: dict) -> str:
 
 
 def wait_healthy(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{url} did not come back within {timeout:.0f} s")
+    if not wait_for_ok(url, timeout):
+        raise AssertionError(f"{url} did not come back within {timeout:.0f} s")
 
 
 def run_stack(split_model_dir: Path, tmp_path_factory):

@@ -17,14 +17,9 @@ import pytest
 from ktappliance.api import errors
 from ktappliance.api.metrics import Metrics
 from ktappliance.api.proxy import Exchange
+from support.netwait import free_port
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
