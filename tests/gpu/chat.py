@@ -65,7 +65,7 @@ def engine_performance(*logs: Path) -> dict[str, float]:
     found = {}
     for log in logs:
         for path in ([log] if log.is_file() else sorted(log.rglob("*.log")) if log.is_dir() else []):
-            for match in re.finditer(r"Performance\(T/s\): prefill ([\d.]+), decode ([\d.]+)",
+            for match in re.finditer(r"Performance\(T/s\): prefill ([\d.]*\d), decode ([\d.]*\d)",
                                      path.read_text(errors="replace")):
                 found = {"engine_prefill_tok_s": float(match.group(1)), "engine_decode_tok_s": float(match.group(2))}
     return found

@@ -217,6 +217,15 @@ def gguf_vocabulary(tokenizer, vocab: int) -> tuple[list[str], list[int], list[s
     return tokens, types, merges
 
 
+def legacy_tokenizer_json(tokenizer) -> str:
+    """tokenizer.json with merges as "a b" strings: tokenizers before 0.20
+    (v0.2.3 pins 0.19) cannot read the pair lists newer ones write."""
+    data = json.loads(tokenizer.to_str())
+    data["model"]["merges"] = [" ".join(pair) if isinstance(pair, (list, tuple)) else pair
+                               for pair in data["model"]["merges"]]
+    return json.dumps(data, ensure_ascii=False)
+
+
 def write_gguf(path: Path, tokenizer, shape: Shape, variant: str, seed: int) -> None:
     writer = gguf.GGUFWriter(path, "deepseek2")
     writer.add_name(f"Tiny-DeepSeek-V3-{variant}")
@@ -284,7 +293,7 @@ def write_model(out_dir: Path, variant: str = "q4k_iq1s", shape: Shape = SHAPE, 
     config_dir.mkdir(parents=True, exist_ok=True)
     gguf_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(shape.vocab)
-    tokenizer.save(str(config_dir / "tokenizer.json"))
+    (config_dir / "tokenizer.json").write_text(legacy_tokenizer_json(tokenizer), encoding="utf-8")
     (config_dir / "config.json").write_text(json.dumps(config_json(shape), indent=2))
     (config_dir / "configuration_deepseek.py").write_text(CONFIG_MODULE)
     (config_dir / "tokenizer_config.json").write_text(json.dumps({

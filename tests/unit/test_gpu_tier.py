@@ -71,6 +71,23 @@ def test_tiny_tokenizer_round_trips_and_knows_the_chat_tokens(tiny_q4k):
     assert tokenizer.token_to_id("<think>") is not None and tokenizer.get_vocab_size() <= tiny_deepseek.SHAPE.vocab
 
 
+def test_tiny_tokenizer_merges_are_strings_old_tokenizers_read(tiny_q4k):
+    # v0.2.3 pins tokenizers 0.19, which fails on merges written as pairs
+    # ("data did not match any variant of untagged enum ModelWrapper").
+    merges = json.loads((tiny_q4k["config"] / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    assert merges and all(isinstance(merge, str) and len(merge.split(" ")) == 2 for merge in merges)
+
+
+def test_engine_figures_read_from_the_log_line_ktransformers_writes(tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "gpu"))
+    from chat import engine_performance
+    log = tmp_path / "engine.log"
+    log.write_text("INFO base.py[65]: Performance(T/s): prefill 48.43982576092451, decode 10.153587090595677. "
+                   "Time(s): tokenize 0.008, prefill 0.82, decode 2.95\n"
+                   "INFO base.py[65]: Performance(T/s): prefill 446.9, decode 371.0. Time(s): tokenize 0.001\n")
+    assert engine_performance(log, tmp_path / "no-such-dir") == {"engine_prefill_tok_s": 446.9, "engine_decode_tok_s": 371.0}
+
+
 def test_unknown_variant_is_refused(tmp_path):
     with pytest.raises(ValueError, match="q4k_iq1s or bf16"):
         tiny_deepseek.write_model(tmp_path, "q2k")
