@@ -14,7 +14,7 @@ export KTA_WHEELHOUSE="${wheels# }"
 venv=${KTA_GPU_TOOL_VENV:-/tmp/kta-gpu-tools}
 [ -x "$venv/bin/python" ] || sh images/common/venv-with-host-torch.sh "$venv"
 PIP_NO_INDEX=1 PIP_FIND_LINKS="$KTA_WHEELHOUSE" PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    "$venv/bin/pip" install -q starlette uvicorn httptools openai gguf tokenizers
+    "$venv/bin/pip" install -q -r tests/gpu/tool-requirements.txt
 if command -v make >/dev/null 2>&1; then
     exec make test-gpu GPU_PY="$venv/bin/python" PYTEST_ARGS="$*"
 fi

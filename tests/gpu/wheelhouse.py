@@ -1,0 +1,135 @@
+"""Prepare the wheel folder a GPU host without network needs for the GPU tier.
+
+Run it on a machine with network, carry the folder over, then on the GPU
+host: `tests/gpu/offline-host.sh FOLDER`. It resolves, for the GPU host's
+Python, everything the tier's tools and each KTransformers line install
+(the line's build and runtime pins from targets.yaml and the dependencies its
+pyproject declares) from scratch, as if nothing were installed: a host that
+has a package in a version too old for them (certifi was one) then finds the
+newer one here. torch and the CUDA libraries it brings are the host's own and
+are left out.
+
+    python3 tests/gpu/wheelhouse.py OUT [--python-version 3.12] [--lines v0.2.3 v0.3.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TOOLS = HERE / "tool-requirements.txt"
+# The host's torch and what comes with it: never taken from the folder.
+HOST_PROVIDED = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+# Packages PyPI has only as source: resolved and fetched apart (binary-only
+# resolution for another Python cannot see them); they must not need others.
+SOURCE_ONLY = {"cpufeature"}
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64",
+             "manylinux_2_5_x86_64", "linux_x86_64"]
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return canonical(re.split(r"[\s<>=!~;\[(@]", requirement.strip(), maxsplit=1)[0])
+
+
+def tool_requirements() -> list[str]:
+    return [line.split("#")[0].strip() for line in TOOLS.read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def declared_dependencies(source: Path) -> list[str]:
+    """[project].dependencies of a KTransformers source (.tar.gz or tree)."""
+    if source.is_dir():
+        text = (source / "pyproject.toml").read_text()
+    else:
+        with tarfile.open(source) as tar:
+            member = next((m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")), None)
+            if member is None:
+                raise SystemExit(f"wheelhouse: {source} has no pyproject.toml at its top")
+            text = tar.extractfile(member).read().decode()
+    return list(tomllib.loads(text).get("project", {}).get("dependencies", []))
+
+
+def line_requirements(line_name: str, source: Path) -> list[str]:
+    """What installing this line pulls in on a GPU host that brings its own torch."""
+    from ktappliance.matrix import load_matrix
+    line = load_matrix().lines[line_name]
+    # numpy follows the host's torch there (gpuhost.build_ktransformers), so any numpy will do.
+    wanted = ["numpy" if requirement_name(p) == "numpy" else p for p in (*line.build_pip, *line.runtime_pip)]
+    wanted += declared_dependencies(source)
+    return [r for r in wanted if not HOST_PROVIDED.match(requirement_name(r))]
+
+
+def pip(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"wheelhouse: pip {args[0]} failed:\n{result.stderr.strip()[-2000:]}")
+
+
+def binary_flags(python_version: str) -> list[str]:
+    return ["--only-binary=:all:", "--python-version", python_version, *(f"--platform={p}" for p in PLATFORMS)]
+
+
+def resolve(requirements: list[str], python_version: str) -> dict[str, str]:
+    """name -> version of every package the requirements need, torch's closure left out."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        pip("install", "--quiet", "--dry-run", "--ignore-installed", "--target", str(Path(scratch) / "t"),
+            "--report", str(report), *binary_flags(python_version), *requirements)
+        items = json.loads(report.read_text())["install"]
+    pins = {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in items}
+    return {name: version for name, version in pins.items() if not HOST_PROVIDED.match(name)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 tests/gpu/wheelhouse.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for the wheels (made if missing)")
+    parser.add_argument("--python-version", default="3.12", help="the GPU host's Python (default 3.12)")
+    parser.add_argument("--lines", nargs="+", default=["v0.2.3", "v0.3.2"], help="KTransformers lines to cover")
+    parser.add_argument("--kt-sources", type=Path, default=REPO.parent / "shared" / "sources",
+                        help="folder with ktransformers-<tag>.tar.gz (default ../shared/sources)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from ktappliance.matrix import load_matrix
+    lines = load_matrix().lines
+    unknown = [name for name in args.lines if name not in lines]
+    if unknown:
+        parser.error(f"unknown line {' '.join(unknown)} (known: {' '.join(lines)})")
+    wanted: dict[str, list[str]] = {"tools": tool_requirements()}
+    for name in args.lines:
+        source = args.kt_sources / f"ktransformers-{lines[name].tag}.tar.gz"
+        if not source.is_file():
+            parser.error(f"no {source.name} in {args.kt_sources} (name the folder with --kt-sources)")
+        wanted[name] = line_requirements(name, source)
+    args.out.mkdir(parents=True, exist_ok=True)
+    source_only: set[str] = set()
+    # One resolution and download per group: the lines pin different
+    # transformers, and one pip command refuses two versions of a package.
+    for group, requirements in wanted.items():
+        source_only |= {r for r in requirements if requirement_name(r) in SOURCE_ONLY}
+        found = resolve([r for r in requirements if requirement_name(r) not in SOURCE_ONLY], args.python_version)
+        print(f"wheelhouse: {group}: {len(found)} packages", flush=True)
+        pip("download", "--quiet", "--no-deps", "--dest", str(args.out), *binary_flags(args.python_version),
+            *sorted(f"{name}=={version}" for name, version in found.items()))
+    if source_only:
+        pip("download", "--quiet", "--no-deps", "--no-binary=:all:", "--dest", str(args.out), *sorted(source_only))
+    files = sorted(args.out.iterdir())
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"wheelhouse: {len(files)} files, {size:.0f} MiB in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
