@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,10 +100,20 @@ def run_step(name: str, command: list[str], env: dict[str, str], log: Path, done
     print(f"gpu tier: {name} done in {time.monotonic() - started:.0f} s", flush=True)
 
 
+def ktransformers_sources() -> Path:
+    """The folder of ktransformers-<tag>.tar.gz: KTA_KT_SOURCES, else ../shared/sources."""
+    return Path(os.environ.get("KTA_KT_SOURCES") or REPO.parent / "shared" / "sources")
+
+
 def ktransformers_source(tag: str) -> str:
-    folder = os.environ.get("KTA_KT_SOURCES") or str(REPO.parent / "shared" / "sources")
-    tarball = Path(folder) / f"ktransformers-{tag}.tar.gz"
+    tarball = ktransformers_sources() / f"ktransformers-{tag}.tar.gz"
     return str(tarball) if tarball.is_file() else "https://github.com/kvcache-ai/ktransformers.git"
+
+
+def unpin_numpy(pins) -> list[str]:
+    """The host's torch was built against the host's numpy: a numpy<2 pin in
+    the venv in front of it would break torch, so numpy follows the host."""
+    return ["numpy" if re.match(r"numpy(?![\w.-])", pin) else pin for pin in pins]
 
 
 def image_layout(work: Path, image: str) -> Path:
@@ -139,9 +150,7 @@ def build_ktransformers(host: GpuHost, line: str, target: str) -> EngineInstall:
     name = f"{line}-{target}"
     root = host.work / name
     install = plan.install_env()
-    # The host's torch was built against the host's numpy: a numpy<2 pin in
-    # the venv in front of it would break torch, so numpy follows the host.
-    build_pip = " ".join("numpy" if p.startswith("numpy") else p for p in install["KT_BUILD_PIP"].split())
+    build_pip = " ".join(unpin_numpy(install["KT_BUILD_PIP"].split()))
     env = {**host.base_env(), **install, **plan.compile_env(), "KT_TORCH": "system", "KT_BUILD_PIP": build_pip,
            "KT_SOURCE": ktransformers_source(selection.line.tag), "KT_WORKDIR": str(root / "src"),
            "KT_WHEEL_DIR": str(root / "wheels"), "KT_RESUME": "1",

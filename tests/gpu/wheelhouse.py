@@ -24,6 +24,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from gpuhost import ktransformers_sources, unpin_numpy
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TOOLS = HERE / "tool-requirements.txt"
@@ -65,8 +67,7 @@ def line_requirements(line_name: str, source: Path) -> list[str]:
     """What installing this line pulls in on a GPU host that brings its own torch."""
     from ktappliance.matrix import load_matrix
     line = load_matrix().lines[line_name]
-    # numpy follows the host's torch there (gpuhost.build_ktransformers), so any numpy will do.
-    wanted = ["numpy" if requirement_name(p) == "numpy" else p for p in (*line.build_pip, *line.runtime_pip)]
+    wanted = unpin_numpy((*line.build_pip, *line.runtime_pip))
     wanted += declared_dependencies(source)
     return [r for r in wanted if not HOST_PROVIDED.match(requirement_name(r))]
 
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder for the wheels (made if missing)")
     parser.add_argument("--python-version", default="3.12", help="the GPU host's Python (default 3.12)")
     parser.add_argument("--lines", nargs="+", default=["v0.2.3", "v0.3.2"], help="KTransformers lines to cover")
-    parser.add_argument("--kt-sources", type=Path, default=REPO.parent / "shared" / "sources",
-                        help="folder with ktransformers-<tag>.tar.gz (default ../shared/sources)")
+    parser.add_argument("--kt-sources", type=Path, default=ktransformers_sources(),
+                        help="folder with ktransformers-<tag>.tar.gz (default $KTA_KT_SOURCES, else ../shared/sources)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from ktappliance.matrix import load_matrix

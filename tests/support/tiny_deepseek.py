@@ -212,18 +212,16 @@ def gguf_vocabulary(tokenizer, vocab: int) -> tuple[list[str], list[int], list[s
     for pad in range(len(tokens), vocab):
         tokens.append(f"<｜pad_{pad}｜>")
         types.append(int(gguf.TokenType.UNUSED))
-    merges = [" ".join(pair) if isinstance(pair, (list, tuple)) else pair
-              for pair in json.loads(tokenizer.to_str())["model"]["merges"]]
-    return tokens, types, merges
+    return tokens, types, legacy_tokenizer_data(tokenizer)["model"]["merges"]
 
 
-def legacy_tokenizer_json(tokenizer) -> str:
-    """tokenizer.json with merges as "a b" strings: tokenizers before 0.20
-    (v0.2.3 pins 0.19) cannot read the pair lists newer ones write."""
+def legacy_tokenizer_data(tokenizer) -> dict:
+    """The tokenizer's JSON with merges as "a b" strings: what GGUF stores, and
+    what tokenizers before 0.20 (v0.2.3 pins 0.19) read; newer ones write pairs."""
     data = json.loads(tokenizer.to_str())
     data["model"]["merges"] = [" ".join(pair) if isinstance(pair, (list, tuple)) else pair
                                for pair in data["model"]["merges"]]
-    return json.dumps(data, ensure_ascii=False)
+    return data
 
 
 def write_gguf(path: Path, tokenizer, shape: Shape, variant: str, seed: int) -> None:
@@ -293,7 +291,8 @@ def write_model(out_dir: Path, variant: str = "q4k_iq1s", shape: Shape = SHAPE, 
     config_dir.mkdir(parents=True, exist_ok=True)
     gguf_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(shape.vocab)
-    (config_dir / "tokenizer.json").write_text(legacy_tokenizer_json(tokenizer), encoding="utf-8")
+    (config_dir / "tokenizer.json").write_text(json.dumps(legacy_tokenizer_data(tokenizer), ensure_ascii=False),
+                                               encoding="utf-8")
     (config_dir / "config.json").write_text(json.dumps(config_json(shape), indent=2))
     (config_dir / "configuration_deepseek.py").write_text(CONFIG_MODULE)
     (config_dir / "tokenizer_config.json").write_text(json.dumps({
