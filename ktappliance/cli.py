@@ -7,14 +7,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, builder, detect, modelcli, probe, recommend, stackcli
+from . import __version__, builder, detect, loadbench, modelcli, probe, recommend, stackcli
 from .paths import IMAGES_DIR, REPO_ROOT
 from .errors import ApplianceError
-from .matrix import DEFAULT_MATRIX_FILE, load_matrix, supported_types
+from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, load_matrix
 from .plan import FLASH_ATTN_MODES, LlamaCppPlan, NetworkOptions, make_llamacpp_plan, make_plan
 from .render import context_name, render
 
-SUBCOMMANDS = ("build", "detect", "render", "api", "webui", "model", "plan", "configure", "up", "down", "status")
+SUBCOMMANDS = ("build", "detect", "render", "api", "webui", "model", "plan", "configure", "up", "down", "status",
+               "bench")
 COMPONENTS = {
     # name: (Dockerfile under images/, default tag)
     "api": ("api/Dockerfile", f"ktappliance/api:{__version__}"),
@@ -30,6 +31,7 @@ EPILOG = """subcommands:
   plan      RAM, VRAM and disk a model needs here, and the engine settings to use
   configure write compose/.env (builds do it too); then: cd compose && docker compose up -d
   up, down, status   docker compose up -d --wait / down / ps, from compose/
+  bench     load the running stack like U users and report tokens/s, time to first token, errors
 
 examples:
   python build.py detect
@@ -50,6 +52,9 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
                       help="build with NUMA support (dual-socket hosts; needs about twice the RAM)")
     numa.add_argument("--no-numa", dest="numa", action="store_false", help="build without NUMA support")
     group.add_argument("--line", help="KTransformers line (default: the target's, see targets.yaml)")
+    group.add_argument("--backend", choices=BACKENDS,
+                       help="serving backend: balance_serve (several requests at once, v0.3.2) or single "
+                            "(one at a time); default: the line's first in targets.yaml")
     group.add_argument("--cuda", help="CUDA version (default: the line's first)")
     group.add_argument("--cpu-only", action="store_true", help="llamacpp: build without CUDA, for hosts with no GPU")
     group.add_argument("--ktransformers-src", metavar="PATH",
@@ -103,6 +108,8 @@ def make_parser(command: str) -> argparse.ArgumentParser:
         return modelcli.make_model_parser()
     if command == "plan":
         return modelcli.make_plan_parser()
+    if command == "bench":
+        return loadbench.make_parser()
     if command in COMPONENTS:
         parser = argparse.ArgumentParser(prog=f"build.py {command}", description=f"Build the {command} image.")
         default_tag = COMPONENTS[command][1] or load_matrix().stack.webui_pypi_tag
@@ -162,6 +169,8 @@ def _plan_from_args(args):
     if args.engine == "llamacpp":
         if args.cpu_only and args.cuda:
             raise ApplianceError("--cpu-only and --cuda exclude each other")
+        if args.backend:
+            raise ApplianceError("--backend is for KTransformers; llama.cpp serves several requests with --parallel")
         chosen = matrix.target(target)
         cuda = None if args.cpu_only else matrix.cuda_base(
             args.cuda or matrix.lines[chosen.default_line].default_cuda)
@@ -173,7 +182,7 @@ def _plan_from_args(args):
     for option, value in (("--cpu-only", args.cpu_only), ("--llamacpp-src", args.llamacpp_src)):
         if value:
             raise ApplianceError(f"{option} is for --engine llamacpp")
-    selection = matrix.select(target, args.line, args.cuda, numa)
+    selection = matrix.select(target, args.line, args.cuda, numa, args.backend)
     if args.cache_namespace and not args.cache_namespace.replace("-", "").isalnum():
         raise ApplianceError(f"--cache-namespace {args.cache_namespace}: letters, digits and '-' only")
     return make_plan(
@@ -212,14 +221,9 @@ def _bundle_settings(plan) -> dict[str, str]:
                   "LLAMA_CPU_CMAKE": " ".join(target.llamacpp_cmake),
                   "LLAMA_CUDA_ARCHS": plan.cuda_architectures if plan.cuda else ""}
     else:
-        sel = plan.selection
-        target = sel.target
-        values = {**plan.compile_env(), "KT_APT_BUILD": " ".join(sel.line.apt_build),
-                  "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_TORCH": sel.torch.version,
-                  "KT_TORCH_INDEX": sel.torch.index_url, "KT_BUILD_PIP": " ".join(sel.line.build_pip),
-                  "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
-                  "KT_QUANT_TYPES": ",".join(supported_types(sel.line, target)),
-                  "KT_SERVER_FEATURES": " ".join(sel.line.server_features)}
+        target = plan.selection.target
+        # The values the image is built and stamped with, from the same plan.
+        values = {**plan.compile_env(), **plan.install_env(), **plan.runtime_env()}
     values.update({"KTA_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
                    "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(getattr(plan, "jobs", 2))})
     return {k: shlex.quote(v) for k, v in values.items()}
@@ -286,6 +290,7 @@ def cmd_build(args) -> int:
                                         engine="llamacpp" if llama else "ktransformers",
                                         engine_image=plan.image_tag, target=target, numa=numa,
                                         line_name=None if llama else plan.selection.line.name,
+                                        backend=None if llama else plan.selection.backend,
                                         facts=probe.host_facts())
         print(f"wrote {path}; start the stack with: cd {path.parent} && docker compose up -d")
     return 0
@@ -344,7 +349,8 @@ def cmd_component(args) -> int:
 HANDLERS = {"detect": cmd_detect, "render": cmd_render, "build": cmd_build, "api": cmd_component,
             "webui": cmd_component,
             "model": modelcli.cmd_model, "plan": modelcli.cmd_plan, "configure": stackcli.cmd_configure,
-            "up": stackcli.cmd_up, "down": stackcli.cmd_down, "status": stackcli.cmd_status}
+            "up": stackcli.cmd_up, "down": stackcli.cmd_down, "status": stackcli.cmd_status,
+            "bench": loadbench.cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,27 @@ def build_command(rec: Recommendation) -> str | None:
     return f"python build.py --target {rec.target}" + (" --numa" if rec.numa else "")
 
 
+def concurrency(rec: Recommendation, matrix: Matrix) -> dict | None:
+    """The serving backend the recommended build gets, and how to get
+    several requests at once where its line serves one at a time."""
+    if rec.target is None:
+        return None
+    selection = matrix.select(rec.target, numa=rec.numa)
+    serving = [name for name, line in matrix.lines.items()
+               if "balance_serve" in line.backends and (line.amx or not selection.target.has_amx)]
+    answer = {"line": selection.line.name, "backend": selection.backend, "balance_serve_line": None}
+    if selection.backend == "balance_serve":
+        answer["text"] = (f"balance_serve: several requests at once (KTransformers {selection.line.name}); "
+                          "--backend single serves one at a time")
+    elif serving:
+        answer["balance_serve_line"] = serving[-1]
+        answer["text"] = (f"KTransformers {selection.line.name} serves one request at a time; several at once "
+                          f"(balance_serve) come with --line {serving[-1]}")
+    else:
+        answer["text"] = f"KTransformers {selection.line.name} serves one request at a time"
+    return answer
+
+
 def what_fits(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> dict[str, dict]:
     """Each catalogue quant against this host, for the engine it would run on."""
     from .catalogue import load_catalogue
@@ -38,9 +59,10 @@ def what_fits(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> dict[str
     for model in load_catalogue().values():
         for quant in model.quants.values():
             engine = "ktransformers" if rec.target and facts.gpus else "llamacpp"
-            line = matrix.select(rec.target, numa=rec.numa).line if engine == "ktransformers" else None
-            fit = plan_fit(facts, model, quant.size_bytes, set(quant.needs_types), engine=engine, line=line,
-                           numa=rec.numa, amx_target=rec.target == "amx")
+            selection = matrix.select(rec.target, numa=rec.numa) if engine == "ktransformers" else None
+            fit = plan_fit(facts, model, quant.size_bytes, set(quant.needs_types), engine=engine,
+                           line=selection.line if selection else None, numa=rec.numa,
+                           amx_target=rec.target == "amx", backend=selection.backend if selection else "single")
             out[f"{model.name} {quant.name}"] = {"engine": engine, "fits": fit.fits,
                                                  "ram_needed_gb": round(fit.ram_needed_gb)}
     return out
@@ -54,6 +76,7 @@ def as_json(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
         "numa": rec.numa,
         "reasons": rec.reasons,
         "build_command": build_command(rec),
+        "concurrency": concurrency(rec, matrix),
         "fits": what_fits(facts, rec, matrix),
         "host": host,
     }
@@ -90,6 +113,9 @@ def as_text(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> str:
         out.append(f"Recommendation: target {rec.target} (KTransformers {target.default_line}, "
                    f"CPU_INSTRUCT={target.cpu_instruct}), NUMA {'on' if rec.numa else 'off'}")
     out.extend(f"  - {reason}" for reason in rec.reasons)
+    serving = concurrency(rec, matrix)
+    if serving:
+        out.append(f"Serving:   {serving['text']}")
     command = build_command(rec)
     if command:
         out.append(f"Build it:  {command}")

@@ -29,6 +29,14 @@ class Target:
     def has_amx(self) -> bool:
         return any(flag.startswith("amx") for flag in self.requires)
 
+    @property
+    def machine_flags(self) -> tuple[str, ...]:
+        """gcc's -m options for exactly the required flags (avx512_vnni ->
+        -mavx512vnni, amx_tile -> -mamx-tile): what code built without
+        CPU_INSTRUCT (balance_serve) compiles with instead of -march=native."""
+        return tuple(f"-mamx-{flag[4:]}" if flag.startswith("amx_") else f"-m{flag.replace('_', '')}"
+                     for flag in self.requires)
+
 
 @dataclass(frozen=True)
 class CudaBase:
@@ -44,6 +52,35 @@ class CudaBase:
 class TorchPin:
     version: str
     index_url: str
+
+
+BACKENDS = ("balance_serve", "single")
+
+
+@dataclass(frozen=True)
+class SourcePatch:
+    """A patch from images/engine/patches/ the build applies to upstream's tree."""
+
+    file: str
+    min_cuda: str = ""
+
+    def applies_to(self, cuda_version: str) -> bool:
+        return not self.min_cuda or _version(cuda_version) >= _version(self.min_cuda)
+
+
+@dataclass(frozen=True)
+class BalanceServe:
+    """What the multi-request backend adds to a line's build and image."""
+
+    apt_build: tuple[str, ...]
+    apt_runtime: tuple[str, ...]
+    runtime_pip: tuple[str, ...]
+    optimize_rules: tuple[str, ...]
+    patches: tuple[SourcePatch, ...]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
 
 
 @dataclass(frozen=True)
@@ -64,16 +101,24 @@ class Line:
     optimize_rules: tuple[str, ...]
     supports_force_think: bool
     supports_api_key: bool
+    supports_backend_type: bool = False
+    backends: tuple[str, ...] = ("single",)
+    balance_serve: BalanceServe | None = None
 
     @property
     def default_cuda(self) -> str:
         return next(iter(self.torch_by_cuda))
 
     @property
+    def default_backend(self) -> str:
+        return self.backends[0]
+
+    @property
     def server_features(self) -> tuple[str, ...]:
         """What the engine entrypoint may pass to this line's server (KT_SERVER_FEATURES)."""
         return tuple(name for name, on in (("force_think", self.supports_force_think),
-                                           ("auth", self.supports_api_key)) if on)
+                                           ("auth", self.supports_api_key),
+                                           ("backend_type", self.supports_backend_type)) if on)
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,12 @@ class Selection:
     torch: TorchPin
     tag_scheme: str
     type_notes: dict[str, str] = field(default_factory=dict)
+    backend: str = "single"
+
+    @property
+    def balance_serve(self) -> BalanceServe | None:
+        """The backend's additions when this build compiles balance_serve."""
+        return self.line.balance_serve if self.backend == "balance_serve" else None
 
     @property
     def image_tag(self) -> str:
@@ -120,6 +171,7 @@ class Selection:
             target=self.target.name,
             cuda=self.cuda.version.replace(".", ""),
             numa="numa" if self.numa else "nonuma",
+            backend=self.backend,
         )
 
 
@@ -157,7 +209,7 @@ class Matrix:
         return combos
 
     def select(self, target: str, line: str | None = None, cuda: str | None = None,
-               numa: bool | None = None) -> Selection:
+               numa: bool | None = None, backend: str | None = None) -> Selection:
         chosen_target = self.target(target)
         line_name = line or chosen_target.default_line
         if line_name not in self.lines:
@@ -170,6 +222,11 @@ class Matrix:
             valid = "; ".join(f"--target {t} --line {l} --cuda {c}" for t, l, c in self.valid_combinations())
             raise ApplianceError(
                 f"invalid combination: target {target}, line {line_name}, CUDA {cuda_version}; valid: {valid}")
+        backend = backend or chosen_line.default_backend
+        if backend not in chosen_line.backends:
+            able = ", ".join(name for name, other in self.lines.items() if backend in other.backends)
+            raise ApplianceError(f"--backend {backend}: KTransformers {line_name} has only "
+                                 f"{', '.join(chosen_line.backends)}" + (f"; {backend} needs --line {able}" if able else ""))
         return Selection(
             target=chosen_target,
             line=chosen_line,
@@ -178,6 +235,7 @@ class Matrix:
             torch=chosen_line.torch_by_cuda[cuda_version],
             tag_scheme=self.tag_scheme,
             type_notes=type_notes(self, chosen_target),
+            backend=backend,
         )
 
 
@@ -224,6 +282,13 @@ def _parse(raw: dict) -> Matrix:
             if ver not in cuda:
                 raise ValueError(f"lines.{name}.cuda.{ver} (no such CUDA base)")
         flags = entry.get("server_flags") or {}
+        backends = tuple(entry.get("backends") or ("single",))
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"lines.{name}.backends ({', '.join(unknown)}: known are {', '.join(BACKENDS)})")
+        serve = entry.get("balance_serve")
+        if ("balance_serve" in backends) != bool(serve):
+            raise ValueError(f"lines.{name}.balance_serve (needed exactly when backends lists balance_serve)")
         lines[name] = Line(
             name=name, tag=str(entry["tag"]), commit=str(entry["commit"]),
             description=str(entry["description"]), quant_types=tuple(entry["quant_types"]),
@@ -234,6 +299,13 @@ def _parse(raw: dict) -> Matrix:
             optimize_rules=tuple(entry["optimize_rules"]),
             supports_force_think=bool(flags.get("force_think", False)),
             supports_api_key=bool(flags.get("api_key", False)),
+            supports_backend_type=bool(flags.get("backend_type", False)),
+            backends=backends,
+            balance_serve=BalanceServe(
+                apt_build=tuple(serve["apt_build"]), apt_runtime=tuple(serve["apt_runtime"]),
+                runtime_pip=tuple(serve.get("runtime_pip") or ()), optimize_rules=tuple(serve["optimize_rules"]),
+                patches=tuple(SourcePatch(str(p["file"]), str(p.get("min_cuda") or "")) for p in serve["patches"]),
+            ) if serve else None,
         )
     for target in targets.values():
         if target.default_line not in lines:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from . import probe, recommend
 from .errors import ApplianceError
-from .matrix import DEFAULT_MATRIX_FILE, load_matrix, supported_types, type_notes
+from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, load_matrix, supported_types, type_notes
+from .sizing import MAX_NEW_TOKENS
 
 
 def make_model_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,11 @@ def make_plan_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=("ktransformers", "llamacpp"), default="ktransformers")
     parser.add_argument("--target", default="auto")
     parser.add_argument("--line")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="KTransformers serving backend (default: the line's): balance_serve sizes the shared "
+                             "KV cache and how many requests run at once")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                        help="longest answer in tokens (default: %(default)s)")
     numa = parser.add_mutually_exclusive_group()
     numa.add_argument("--numa", dest="numa", action="store_true", default=None)
     numa.add_argument("--no-numa", dest="numa", action="store_false")
@@ -126,11 +132,17 @@ def cmd_plan(args) -> int:
     if args.engine == "ktransformers":
         if target is None:
             raise ApplianceError("no supported target for this CPU (it needs AVX2 and FMA)")
-        selection = matrix.select(target, args.line, None, numa)
+        selection = matrix.select(target, args.line, None, numa, args.backend)
+    elif args.backend:
+        raise ApplianceError("--backend is for KTransformers; llama.cpp serves several requests with --parallel")
+    if args.max_new_tokens < 1:
+        raise ApplianceError(f"--max-new-tokens {args.max_new_tokens}: must be 1 or more")
     fit = sizing.plan_fit(facts, entry, weights, types, engine=args.engine,
                           line=selection.line if selection else None, numa=numa,
                           amx_target=target == "amx", alternatives=alternatives,
                           target=selection.target if selection else None,
-                          type_notes=selection.type_notes if selection else {})
+                          type_notes=selection.type_notes if selection else {},
+                          backend=selection.backend if selection else "single",
+                          max_new_tokens=args.max_new_tokens)
     print(fit.to_json() if args.json else fit.to_text())
     return 0

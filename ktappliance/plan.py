@@ -92,6 +92,13 @@ class BuildPlan:
     def flash_attn_pin(self) -> str:
         return "skip" if self.flash_attn == "skip" else self.selection.line.flash_attn
 
+    @property
+    def patches(self) -> tuple[str, ...]:
+        """images/engine/patches/ files this build applies to upstream's tree."""
+        serve = self.selection.balance_serve
+        cuda = self.selection.cuda.version
+        return tuple(p.file for p in serve.patches if p.applies_to(cuda)) if serve else ()
+
     def compile_env(self) -> dict[str, str]:
         """What images/engine/build-ktransformers.sh compiles with: the same
         values in the Dockerfile, the AutoDL bundle and the GPU tier."""
@@ -106,15 +113,22 @@ class BuildPlan:
             "TORCH_CUDA_ARCH_LIST": self.cuda_arch_list,
             "KT_JOBS": str(self.jobs),
             "KT_FLASH_ATTN": self.flash_attn_pin,
+            "KT_BALANCE_SERVE": "1" if sel.balance_serve else "0",
+            "KT_TARGET_CFLAGS": " ".join(sel.target.machine_flags),
+            "KT_PATCHES": " ".join(self.patches),
         }
 
     def install_env(self) -> dict[str, str]:
         """What install-build-deps.sh and install-runtime.sh install."""
         sel = self.selection
+        serve = sel.balance_serve
+        extra = (lambda name: getattr(serve, name)) if serve else (lambda name: ())
         return {
             "KT_TORCH": sel.torch.version, "KT_TORCH_INDEX": sel.torch.index_url,
-            "KT_APT_BUILD": " ".join(sel.line.apt_build), "KT_BUILD_PIP": " ".join(sel.line.build_pip),
-            "KT_APT_RUNTIME": " ".join(sel.line.apt_runtime), "KT_RUNTIME_PIP": " ".join(sel.line.runtime_pip),
+            "KT_APT_BUILD": " ".join((*sel.line.apt_build, *extra("apt_build"))),
+            "KT_BUILD_PIP": " ".join(sel.line.build_pip),
+            "KT_APT_RUNTIME": " ".join((*sel.line.apt_runtime, *extra("apt_runtime"))),
+            "KT_RUNTIME_PIP": " ".join((*sel.line.runtime_pip, *extra("runtime_pip"))),
         }
 
     def runtime_env(self) -> dict[str, str]:
@@ -125,6 +139,7 @@ class BuildPlan:
             "KT_SERVER_FEATURES": " ".join(sel.line.server_features), "KT_LINE": sel.line.name,
             "KT_QUANT_TYPES": ",".join(supported_types(sel.line, sel.target)),
             "KT_BF16_NOTE": sel.type_notes.get("BF16", ""),
+            "KT_BACKEND": sel.backend,
         }
 
     def labels(self) -> dict[str, str]:
@@ -143,6 +158,8 @@ class BuildPlan:
             "ai.ktappliance.torch": sel.torch.version,
             "ai.ktappliance.torch-cuda-arch-list": self.cuda_arch_list,
             "ai.ktappliance.flash-attn": self.flash_attn_pin,
+            "ai.ktappliance.backend": sel.backend,
+            "ai.ktappliance.patches": " ".join(self.patches) or "none",
         }
 
 

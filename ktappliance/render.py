@@ -19,7 +19,6 @@ from pathlib import Path
 import jinja2
 
 from .errors import ApplianceError
-from .matrix import supported_types
 from .paths import IMAGES_DIR, TEMPLATES_DIR
 from .plan import BuildPlan, LlamaCppPlan
 
@@ -76,12 +75,9 @@ def render_dockerfile(plan: BuildPlan) -> str:
     sel = plan.selection
     template = template_environment().get_template("engine.Dockerfile.j2")
     return template.render(
-        target=sel.target, line=sel.line, cuda=sel.cuda, numa=sel.numa, torch=sel.torch,
-        source=plan.source, cuda_arch_list=plan.cuda_arch_list, jobs=plan.jobs,
-        flash_attn=plan.flash_attn_pin, labels=plan.labels(), compile_env=plan.compile_env(),
-        quant_types=supported_types(sel.line, sel.target), server_features=sel.line.server_features,
-        type_notes=sel.type_notes,
-        cache_namespace=_namespace(plan),
+        target=sel.target, line=sel.line, cuda=sel.cuda, numa=sel.numa, source=plan.source,
+        labels=plan.labels(), compile_env=plan.compile_env(), install_env=plan.install_env(),
+        runtime_env=plan.runtime_env(), cache_namespace=_namespace(plan),
     )
 
 

@@ -11,6 +11,11 @@ Figures it relies on (FIELD-NOTES §1, read from upstream):
 - MLA KV cache: (512 + 64) values x 61 layers x 2 bytes per token (models.yaml).
 - llama.cpp GPU layers: Unsloth's rule for its R1 dynamic quants,
   floor(VRAM / file size x (layers - 4)).
+- balance_serve (doc/en/balance-serve.md at v0.3.2): all requests share one
+  KV cache of cache_lens tokens, allocated on the GPU at start, and
+  cache_lens > max_batch_size x max_new_tokens, or fewer requests run at once
+  than max_batch_size says. Its KV-cache service keeps evicted pages in a RAM
+  pool (upstream's default, 500 GB, is an allocation most hosts refuse).
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ RUNTIME_OVERHEAD = 5 * GB
 KT_BASE_VRAM = 14 * GB
 CACHE_LENS_MAX = 65536
 CACHE_LENS_MIN = 4096
+MAX_NEW_TOKENS = 8192
+# balance_serve: FlashInfer's workspace, the CUDA graphs of each batch size
+# and the chunked prefill's activations, on top of the weights' share.
+SERVE_EXTRA_VRAM = 2 * GB
+SERVE_CACHE_LENS_MAX = 131072
+# Upstream measured up to 4 at once and reports stalls past about 6 (upstream #1086).
+SERVE_MAX_BATCH = 8
+KVC2_RAM_MAX_GB = 64
 
 
 @dataclass
@@ -94,10 +107,44 @@ def optimize_rule(line: Line, gpu_count: int, bf16_weights: bool, amx_target: bo
     return "DeepSeek-V3-Chat.yaml", reason
 
 
+def serve_rule(amx_target: bool, bf16_weights: bool) -> tuple[str, str | None]:
+    """balance_serve's rule: the AMX experts where the target and weights allow."""
+    if amx_target and bf16_weights:
+        return "DeepSeek-V3-Chat-serve-amx.yaml", None
+    if amx_target:
+        return "DeepSeek-V3-Chat-serve.yaml", ("the AMX rule needs BF16 GGUF weights; "
+                                                "this quant uses the llamafile CPU kernels")
+    return "DeepSeek-V3-Chat-serve.yaml", None
+
+
+def serve_settings(model: ModelEntry, vram: float | None, spare_ram: float | None,
+                   max_new_tokens: int) -> tuple[dict[str, object], list[str]]:
+    """cache_lens, max_batch_size, chunk_size and kvc2's RAM for balance_serve."""
+    settings: dict[str, object] = {"max_new_tokens": max_new_tokens}
+    notes: list[str] = []
+    if vram:
+        free = max(0, vram - KT_BASE_VRAM - SERVE_EXTRA_VRAM)
+        lens = int(free // model.kv_bytes_per_token) // 1024 * 1024
+        cache_lens = max(CACHE_LENS_MIN, min(SERVE_CACHE_LENS_MAX, lens))
+        batch = max(1, min(SERVE_MAX_BATCH, (cache_lens - 1) // max_new_tokens))
+        settings.update(cache_lens=cache_lens, max_batch_size=batch, chunk_size=256 if vram < 40 * GB else 512)
+        if batch == 1:
+            notes.append(f"balance_serve: the KV cache ({cache_lens} tokens) holds one request of "
+                         f"{max_new_tokens} new tokens, so requests run one at a time; lower --max-new-tokens "
+                         "for more at once")
+        else:
+            notes.append(f"balance_serve: {batch} requests at once, sharing a KV cache of {cache_lens} tokens "
+                         f"({cache_lens * model.kv_bytes_per_token / GB:.1f} GB of VRAM)")
+    ram_gb = 1 if not spare_ram or spare_ram < 4 * GB else min(KVC2_RAM_MAX_GB, int(spare_ram / 4 / GB))
+    settings["kvc2_ram_gb"] = ram_gb
+    return settings, notes
+
+
 def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_types: set[str], *,
              engine: str, line: Line | None, numa: bool, amx_target: bool = False,
              alternatives: dict[str, int] | None = None, target: Target | None = None,
-             type_notes: dict[str, str] | None = None) -> FitPlan:
+             type_notes: dict[str, str] | None = None, backend: str = "single",
+             max_new_tokens: int = MAX_NEW_TOKENS) -> FitPlan:
     nodes = facts.numa_node_count or 1
     copies = nodes if (numa and engine == "ktransformers") else 1
     ram_have = facts.ram_mib * 2**20 if facts.ram_mib else None
@@ -110,13 +157,26 @@ def plan_fit(facts: HostFacts, model: ModelEntry, weights_bytes: int, weight_typ
 
     if engine == "ktransformers":
         vram_needed = KT_BASE_VRAM
-        rule, why = optimize_rule(line, gpu_count, weight_types <= {"BF16", "F32"}, amx_target)
+        bf16_weights = weight_types <= {"BF16", "F32"}
+        settings["backend"] = backend
+        if backend == "balance_serve":
+            rule, why = serve_rule(amx_target, bf16_weights)
+            if gpu_count >= 2:
+                notes.append("balance_serve uses one GPU (v0.3.2 has no multi-GPU serve rule)")
+        else:
+            rule, why = optimize_rule(line, gpu_count, bf16_weights, amx_target)
         settings["optimize_rule"] = rule
         if why:
             notes.append(why)
         if cores:
             settings["cpu_infer"] = max(1, cores - 2)
-        if vram_have:
+        if backend == "balance_serve":
+            spare = ram_have - ram_needed if ram_have is not None else None
+            serve, serve_notes = serve_settings(model, vram_have, spare, max_new_tokens)
+            settings.update(serve)
+            notes.extend(serve_notes)
+            vram_needed += SERVE_EXTRA_VRAM
+        elif vram_have:
             free = max(0, vram_have - KT_BASE_VRAM)
             lens = int(free // model.kv_bytes_per_token) // 1024 * 1024
             settings["cache_lens"] = max(CACHE_LENS_MIN, min(CACHE_LENS_MAX, lens))

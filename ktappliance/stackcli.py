@@ -10,10 +10,10 @@ from pathlib import Path
 from . import probe, recommend
 from .catalogue import model_entry
 from .errors import ApplianceError, DockerError
-from .matrix import DEFAULT_MATRIX_FILE, Matrix, load_matrix
+from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, load_matrix
 from .paths import COMPOSE_DIR
 from .probe import HostFacts
-from .sizing import plan_fit
+from .sizing import MAX_NEW_TOKENS, plan_fit
 from .stackenv import StackSettings, first_shard, write_stack_env
 
 
@@ -32,27 +32,41 @@ def add_configure_options(parser: argparse.ArgumentParser) -> None:
                        help="official: ghcr.io's Open-WebUI image (pinned); build: the one `build.py webui` makes "
                             "from PyPI, for hosts that cannot reach ghcr.io")
     group.add_argument("--webui-image", help="any other Open-WebUI image")
+    group.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                       help="KTransformers: longest answer in tokens (default: %(default)s); with balance_serve "
+                            "the plan fits max_new_tokens x requests at once into the KV cache")
     group.add_argument("--parallel", type=int, default=1, help="llama.cpp: requests served at once (slots)")
     group.add_argument("--ctx-size", type=int, default=8192, help="llama.cpp: context size")
     group.add_argument("--env-file", type=Path, help="where to write the settings (default: compose/.env)")
 
 
+ENGINE_SETTINGS = (("KT_CPU_INFER", "cpu_infer"), ("KT_CACHE_LENS", "cache_lens"),
+                   ("KT_MAX_NEW_TOKENS", "max_new_tokens"), ("KT_MAX_BATCH_SIZE", "max_batch_size"),
+                   ("KT_CHUNK_SIZE", "chunk_size"), ("KT_KVC2_RAM_GB", "kvc2_ram_gb"))
+
+
 def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, target: str | None,
-                    numa: bool, facts: HostFacts, line_name: str | None = None) -> Path:
+                    numa: bool, facts: HostFacts, line_name: str | None = None, backend: str | None = None) -> Path:
     entry = model_entry(args.model)
     quant = entry.quant(args.quant)
-    line = matrix.select(target, line_name, None, numa).line if engine == "ktransformers" and target else None
-    fit = plan_fit(facts, entry, quant.size_bytes, set(quant.needs_types), engine=engine, line=line, numa=numa,
-                   amx_target=target == "amx")
+    selection = matrix.select(target, line_name, None, numa, backend) if engine == "ktransformers" and target else None
+    backend = selection.backend if selection else "single"
+    if args.max_new_tokens < 1:
+        raise ApplianceError(f"--max-new-tokens {args.max_new_tokens}: must be 1 or more")
+    fit = plan_fit(facts, entry, quant.size_bytes, set(quant.needs_types), engine=engine,
+                   line=selection.line if selection else None, numa=numa, amx_target=target == "amx",
+                   backend=backend, max_new_tokens=args.max_new_tokens)
     if engine == "ktransformers":
         engine_env = {
             "KT_MODEL_PATH": "/models/config",
             "KT_GGUF_PATH": f"/models/gguf/{quant.directory}",
             "KT_MODEL_NAME": "DeepSeek-R1",
+            "KT_BACKEND": backend,
             "KT_OPTIMIZE_RULE": str(fit.settings.get("optimize_rule", "DeepSeek-V3-Chat.yaml")),
             "KT_FORCE_THINK": "true",
+            "KT_MAX_NEW_TOKENS": str(args.max_new_tokens),
         }
-        for key, setting in (("KT_CPU_INFER", "cpu_infer"), ("KT_CACHE_LENS", "cache_lens")):
+        for key, setting in ENGINE_SETTINGS:
             if setting in fit.settings:
                 engine_env[key] = str(fit.settings[setting])
     else:
@@ -73,7 +87,7 @@ def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, tar
                                          else matrix.stack.webui_image),
         engine_env=engine_env, gpus=gpus, numa=numa and engine == "ktransformers", bind_address=args.bind,
         api_port=args.api_port, webui_port=args.webui_port,
-        max_inflight=1 if engine == "ktransformers" else max(1, args.parallel),
+        max_inflight=int(fit.settings.get("max_batch_size", 1)) if engine == "ktransformers" else max(1, args.parallel),
         reasoning_opened=engine == "llamacpp")
     return write_stack_env(settings, args.env_file)
 
@@ -85,6 +99,7 @@ def make_configure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-image", help="engine image tag (default: the tag build.py would build)")
     parser.add_argument("--target", default="auto")
     parser.add_argument("--line")
+    parser.add_argument("--backend", choices=BACKENDS, help="KTransformers serving backend (default: the line's)")
     parser.add_argument("--cpu-only", action="store_true", help="llamacpp: the CPU-only image")
     numa = parser.add_mutually_exclusive_group()
     numa.add_argument("--numa", dest="numa", action="store_true", default=None)
@@ -109,9 +124,9 @@ def cmd_configure(args) -> int:
             cuda = None if args.cpu_only else matrix.lines[matrix.targets[target].default_line].default_cuda
             image = matrix.llamacpp.image_tag(target, cuda)
         else:
-            image = matrix.select(target, args.line, None, numa).image_tag
+            image = matrix.select(target, args.line, None, numa, args.backend).image_tag
     path = configure_stack(args, matrix, engine=args.engine, engine_image=image, target=target, numa=numa,
-                           line_name=args.line, facts=facts)
+                           line_name=args.line, backend=args.backend, facts=facts)
     print(f"wrote {path} (mode 0600); start the stack with: cd {path.parent} && docker compose up -d")
     return 0
 

@@ -16,8 +16,12 @@ while [ $# -gt 0 ]; do
         *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
+# The plan's values, the ones the Dockerfile builds with and stamps: exported,
+# so the install scripts below read them as they read the image's.
+set -a
 # shellcheck disable=SC1091
 . "$here/bundle.env"
+set +a
 if [ "$turbo" = 1 ] && [ -f /etc/network_turbo ]; then
     # shellcheck disable=SC1091
     . /etc/network_turbo
@@ -54,18 +58,11 @@ case "$KTA_ENGINE" in
             step "KTransformers already installed in /opt/venv"
         else
             step "KTransformers $KT_TAG for $KTA_TARGET (compiles for a long while)"
-            KT_APT_BUILD="$KT_APT_BUILD" KT_TORCH="$KT_TORCH" KT_TORCH_INDEX="${KT_TORCH_INDEX:-}" \
-                KT_BUILD_PIP="$KT_BUILD_PIP" "$home/engine/install-build-deps.sh"
+            "$home/engine/install-build-deps.sh"
             source=https://github.com/kvcache-ai/ktransformers.git
             [ ! -f "$here/sources/ktransformers.tar.gz" ] || source="$here/sources/ktransformers.tar.gz"
-            # The compile settings bundle.env holds are the ones the Dockerfile passes.
-            KT_SOURCE=$source KT_TAG=$KT_TAG KT_COMMIT=$KT_COMMIT CPU_INSTRUCT=$CPU_INSTRUCT KT_NUMA=$KT_NUMA \
-                KT_REQUIRED_FLAGS="$KT_REQUIRED_FLAGS" KT_CFLAGS="$KT_CFLAGS" KT_CMAKE_ARGS="$KT_CMAKE_ARGS" \
-                KT_JOBS="$KT_JOBS" TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" KT_FLASH_ATTN="$KT_FLASH_ATTN" \
-                KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/build-ktransformers.sh"
-            KT_APT_RUNTIME="$KT_APT_RUNTIME" KT_TORCH="$KT_TORCH" KT_TORCH_INDEX="${KT_TORCH_INDEX:-}" \
-                KT_RUNTIME_PIP="${KT_RUNTIME_PIP:-}" \
-                KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/install-runtime.sh"
+            KT_SOURCE=$source KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/build-ktransformers.sh"
+            KT_WHEEL_DIR=/opt/ktappliance/wheels "$home/engine/install-runtime.sh"
         fi ;;
     *) echo "setup.sh: KTA_ENGINE in bundle.env must be llamacpp or ktransformers" >&2; exit 2 ;;
 esac
@@ -77,11 +74,15 @@ step "Open-WebUI $WEBUI_VERSION (/opt/webui)"
 WEBUI_VERSION=$WEBUI_VERSION WEBUI_VENV=/opt/webui "$home/webui/install.sh"
 
 step "start script"
+# What the engine image stamps as ENV, the start script reads from the bundle's settings.
+cp "$here/bundle.env" "$home/bundle.env"
 cat >"$home/start.sh" <<START
 #!/bin/sh
 # Written by ktappliance setup.sh: start engine + API + Open-WebUI.
-export KTA_ENGINE=$KTA_ENGINE KTA_TARGET=$KTA_TARGET KT_TARGET=$KTA_TARGET KT_REQUIRED_FLAGS="$KT_REQUIRED_FLAGS"
-export KT_SERVER_FEATURES="${KT_SERVER_FEATURES:-}" KT_LINE=${KT_TAG:-} KT_QUANT_TYPES="${KT_QUANT_TYPES:-}"
+set -a
+. $home/bundle.env
+set +a
+export KT_TARGET=\$KTA_TARGET
 export LLAMA_ARG_JINJA=true LLAMA_ARG_REASONING_FORMAT=none LLAMA_ARG_ALIAS=DeepSeek-R1 KT_MODEL_NAME=DeepSeek-R1
 exec $home/autodl/start.sh "\$@"
 START

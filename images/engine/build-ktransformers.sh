@@ -10,6 +10,10 @@
 #                   so USE_NUMA=0 would turn it ON: it is exported only when wanted.
 #   TORCH_CUDA_ARCH_LIST, KT_JOBS, KT_WHEEL_DIR, KT_VENV, KT_FLASH_ATTN (version or "skip")
 #   KT_SPLIT_COMPILE  threads nvcc may use for one file (default KT_JOBS; 1: off)
+#   KT_PATCHES      files of patches/ to apply to upstream's tree (each says why)
+#   KT_BALANCE_SERVE  1: also the multi-request backend (scheduler, KV-cache service,
+#                   custom_flashinfer and its kernels compiled ahead), compiled with
+#                   KT_TARGET_CFLAGS (the target's -m flags) where upstream has -march=native
 #   KT_RESUME       1: keep a work tree built with the same settings (see below)
 # Options: --print-env / --print-lscpu show what the compile would see, and stop.
 set -eu
@@ -39,9 +43,15 @@ nvcc_append=${NVCC_APPEND_FLAGS:-}
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:?}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export CFLAGS="${KT_CFLAGS:-}" CXXFLAGS="${KT_CFLAGS:-}" CMAKE_ARGS="${KT_CMAKE_ARGS:-}"
-unset USE_NUMA
+unset USE_NUMA USE_BALANCE_SERVE
 if [ "${KT_NUMA:-0}" = 1 ]; then
     export USE_NUMA=1
+fi
+serve=${KT_BALANCE_SERVE:-0}
+if [ "$serve" = 1 ]; then
+    export USE_BALANCE_SERVE=1 KTA_TARGET_CFLAGS="${KT_TARGET_CFLAGS:?KT_BALANCE_SERVE=1 needs the -m flags of the target}"
+    # balance_serve's FindCUDA otherwise looks for the toolkit around the first nvcc on PATH.
+    CMAKE_ARGS="$CMAKE_ARGS -DCUDA_TOOLKIT_ROOT_DIR=$CUDA_HOME"
 fi
 if command -v ccache >/dev/null 2>&1; then
     # Same paths every build, so a flag change recompiles only what it touches.
@@ -75,7 +85,7 @@ esac
 # the previous NUMA setting (upstream #634, #796). KT_RESUME=1 (the GPU tier,
 # whose host may stop a command mid-compile) keeps a tree built with exactly
 # these settings, so ninja compiles only what is missing.
-stamp="$KT_SOURCE|$CPU_INSTRUCT|${USE_NUMA:-}|$TORCH_CUDA_ARCH_LIST|$CFLAGS|$CMAKE_ARGS|$KT_REQUIRED_FLAGS"
+stamp="$KT_SOURCE|$CPU_INSTRUCT|${USE_NUMA:-}|$TORCH_CUDA_ARCH_LIST|$CFLAGS|$CMAKE_ARGS|$KT_REQUIRED_FLAGS|$serve|${KT_TARGET_CFLAGS:-}|${KT_PATCHES:-}"
 if [ "${KT_RESUME:-0}" = 1 ] && [ "$(cat "$workdir/.ktappliance-settings" 2>/dev/null)" = "$stamp" ]; then
     echo "build-ktransformers: resuming the build in $workdir (same source and settings)"
     mkdir -p "$wheels"
@@ -92,13 +102,22 @@ case "${KT_SOURCE:?}" in
         esac
         # Only the submodules the default build compiles; v0.3.2 lists five
         # more that only balance_serve uses.
-        git -C "$workdir" submodule update -q --init --depth 1 third_party/llama.cpp third_party/pybind11 ;;
+        git -C "$workdir" submodule update -q --init --depth 1 third_party/llama.cpp third_party/pybind11
+        if [ "$serve" = 1 ]; then
+            git -C "$workdir" submodule update -q --init --recursive --depth 1 third_party/custom_flashinfer \
+                third_party/prometheus-cpp third_party/spdlog third_party/xxHash third_party/PhotonLibOS
+        fi ;;
     *.tar.gz|*.tgz)
         tar -xzf "$KT_SOURCE" -C "$workdir" --strip-components=1 ;;
     *)
         [ -d "$KT_SOURCE" ] || { echo "build-ktransformers: no source at $KT_SOURCE" >&2; exit 2; }
         cp -a "$KT_SOURCE/." "$workdir/" ;;
 esac
+for patch in ${KT_PATCHES:-}; do
+    echo "build-ktransformers: applying patches/$patch"
+    patch -d "$workdir" -p1 --forward --batch --quiet <"$here/patches/$patch" \
+        || { echo "build-ktransformers: patches/$patch does not apply to $KT_SOURCE" >&2; exit 2; }
+done
 echo "$stamp" >"$workdir/.ktappliance-settings"
 fi
 [ -z "${CCACHE_DIR:-}" ] || mkdir -p "$CCACHE_DIR"
@@ -114,6 +133,18 @@ cd "$workdir"
 # flash-attn build below has threads of its own and needs much memory.
 NVCC_APPEND_FLAGS="$nvcc_append" PATH="$venv/bin:$PATH" \
     "$venv/bin/pip" wheel -v --no-build-isolation --no-deps -w "$wheels" .
+
+if [ "$serve" = 1 ]; then
+    native=$(grep -l -- '-march=native' csrc/balance_serve/build/compile_commands.json || true)
+    [ -z "$native" ] || { echo "build-ktransformers: balance_serve compiled with -march=native ($native)" >&2; exit 1; }
+    "$venv/bin/python" "$here/repair-wheel.py" "$(ls "$wheels"/ktransformers-*.whl)" "$workdir"
+    # custom_flashinfer: Python and the kernels' sources; the kernels this
+    # image's models need are compiled now, for the target's GPU archs.
+    "$venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$wheels" third_party/custom_flashinfer
+    "$venv/bin/pip" install -q --no-deps --force-reinstall "$wheels"/flashinfer_python-*.whl
+    (unset KTA_FLASHINFER_OPS; PATH="$venv/bin:$PATH" MAX_JOBS="$jobs" \
+        "$venv/bin/python" "$here/flashinfer-kernels.py" "$wheels/flashinfer-ops")
+fi
 
 KT_WHEEL_DIR="$wheels" sh "$here/build-flash-attn.sh"
 ls -l "$wheels"

@@ -49,6 +49,12 @@ install_wheels() {
         set -- "$@" "$wheel"
     done
     pip_install "$@"
+    # balance_serve builds: the FlashInfer kernels compiled ahead in the builder.
+    if [ -d "$wheels/flashinfer-ops" ]; then
+        rm -rf "$venv/flashinfer-ops"
+        cp -r "$wheels/flashinfer-ops" "$venv/flashinfer-ops"
+        "$venv/bin/python" "$here/check-balance-serve.py" "$venv/flashinfer-ops"
+    fi
     "$venv/bin/python" "$here/check-libstdcxx.py"
     "$venv/bin/python" "$here/check-triton-toolchain.py"
     # The server's own imports, in a throw-away home: `ktransformers --help`

@@ -36,6 +36,7 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         self.admission = Admission(config.max_inflight, config.queue_size, config.queue_timeout)
+        self.metrics.slots.set(config.max_inflight)
         self.http: httpx.AsyncClient | None = None
         self.engine_models: list[str] = []
 

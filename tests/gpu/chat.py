@@ -19,6 +19,7 @@ class StreamedChat:
     total_s: float
     finish_reason: str | None
     completion_tokens: int | None   # the engine's usage count, where it sends one
+    started_at: float = 0.0         # time.monotonic() when the request went out
 
     @property
     def tokens(self) -> int:
@@ -30,11 +31,13 @@ class StreamedChat:
         return (self.tokens - 1) / streaming if self.tokens > 1 and streaming > 0 else 0.0
 
 
-def stream_chat(client, model: str, max_tokens: int = 32, prompt: str = PROMPT) -> StreamedChat:
+def stream_chat(client, model: str, max_tokens: int = 32, prompt: str = PROMPT,
+                temperature: float | None = None) -> StreamedChat:
     started = time.monotonic()
     first, parts, chunks, finish, usage = None, [], 0, None, None
+    sampling = {} if temperature is None else {"temperature": temperature}
     stream = client.chat.completions.create(model=model, stream=True, max_tokens=max_tokens,
-                                            stream_options={"include_usage": True},
+                                            stream_options={"include_usage": True}, **sampling,
                                             messages=[{"role": "user", "content": prompt}])
     for event in stream:
         usage = getattr(event, "usage", None) or usage
@@ -51,7 +54,7 @@ def stream_chat(client, model: str, max_tokens: int = 32, prompt: str = PROMPT) 
         finish = choice.finish_reason or finish
     total = time.monotonic() - started
     return StreamedChat("".join(parts), chunks, first if first is not None else total, total, finish,
-                        usage.completion_tokens if usage else None)
+                        usage.completion_tokens if usage else None, started)
 
 
 def prompt_tokens(config_dir: Path, prompt: str = PROMPT) -> int:

@@ -34,12 +34,15 @@ class Builds:
     """Compiles started together; each test waits for the one it needs."""
 
     def __init__(self, host: gpuhost.GpuHost, lines: set[str], llamacpp: bool):
+        self.host = host
         self._pool = ThreadPoolExecutor(max_workers=3)
         self.engines: dict[str, Future] = {
             line: self._pool.submit(gpuhost.build_ktransformers, host, line, KT_CASES[line]) for line in sorted(lines)}
         self.llamacpp = self._pool.submit(gpuhost.build_llamacpp, host, LLAMACPP_TARGET) if llamacpp else None
 
     def engine(self, line: str) -> gpuhost.EngineInstall:
+        if line not in self.engines:  # a module that names its line in no test name
+            self.engines[line] = self._pool.submit(gpuhost.build_ktransformers, self.host, line, KT_CASES[line])
         try:
             return self.engines[line].result()
         except RuntimeError as exc:
@@ -56,4 +59,5 @@ class Builds:
 def builds(request, gpu_host) -> Builds:
     names = [item.name for item in request.session.items]
     lines = {line for line in KT_CASES if any(line in name for name in names)}
+    lines |= {item.module.LINE for item in request.session.items if getattr(item.module, "LINE", None) in KT_CASES}
     return Builds(gpu_host, lines, any("llamacpp" in name for name in names))

@@ -222,11 +222,28 @@ class Service:
         self._out.close()
 
 
-def start_api(work: Path, upstream: str, key: str) -> tuple[Service, str]:
+def start_engine(host: GpuHost, install: EngineInstall, model: dict[str, Path], *, name: str, rule: str,
+                 port: int, backend: str = "single", settings: dict[str, str] | None = None) -> Service:
+    """The engine through its image's entrypoint (CPU guard, backend and model
+    checks, server), with the image's stamped values and the test's settings."""
+    home = install.home
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **install.runtime_env, "KT_VENV": str(install.venv), "KT_HOST": "127.0.0.1",
+           "KT_PORT": str(port), "KT_MODEL_PATH": str(model["config"]), "KT_GGUF_PATH": str(model["gguf"]),
+           "KT_MODEL_NAME": "DeepSeek-R1", "KT_OPTIMIZE_RULE": rule, "KT_BACKEND": backend,
+           "KT_MAX_NEW_TOKENS": "32", "KT_CACHE_LENS": "4096", "HOME": str(home),
+           "TRITON_CACHE_DIR": str(host.work / name / "triton-cache"), "PYTHONPATH": str(STANDIN),
+           **(settings or {})}
+    return Service(f"KTransformers {name}", ["sh", str(install.app / "engine" / "entrypoint.sh")], env,
+                   host.work / name / "engine.log")
+
+
+def start_api(work: Path, upstream: str, key: str, inflight: int = 1) -> tuple[Service, str]:
     from support.netwait import free_port
     port = free_port()
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "KTA_UPSTREAM": upstream, "KTA_API_KEYS": key, "PYTHONPATH": path}
+    env = {**os.environ, "KTA_UPSTREAM": upstream, "KTA_API_KEYS": key, "PYTHONPATH": path,
+           "KTA_MAX_INFLIGHT": str(inflight)}
     service = Service("API service", [sys.executable, "-m", "ktappliance.api", "--host", "127.0.0.1", "--port", str(port)],
                       env, work / "api.log")
     url = f"http://127.0.0.1:{port}"

@@ -5,6 +5,7 @@ each behind the API service and asked with the openai client."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -58,17 +59,12 @@ def test_ktransformers_serves_tiny_deepseek(line, variant, rule, gpu_host, build
         pytest.skip(f"this CPU lacks {' '.join(sorted(missing))}: the {install.runtime_env['KT_TARGET']} build cannot run here")
     model = tiny_deepseek.write_model(tmp_path / "model", variant)
     port = free_port()
-    triton_cache = tmp_path / "triton-cache"
-    log_dir = install.home / ".ktransformers"
-    env = {**os.environ, **install.runtime_env, "KT_VENV": str(install.venv), "KT_HOST": "127.0.0.1",
-           "KT_PORT": str(port), "KT_MODEL_PATH": str(model["config"]), "KT_GGUF_PATH": str(model["gguf"]),
-           "KT_MODEL_NAME": "DeepSeek-R1", "KT_OPTIMIZE_RULE": rule, "KT_MAX_NEW_TOKENS": "32",
-           "KT_CACHE_LENS": "4096", "HOME": str(install.home), "TRITON_CACHE_DIR": str(triton_cache),
-           "PYTHONPATH": str(gpuhost.STANDIN)}
-    install.home.mkdir(parents=True, exist_ok=True)
     name = install.name
-    engine = gpuhost.Service(f"KTransformers {name}", ["sh", str(install.app / "engine" / "entrypoint.sh")],
-                             env, gpu_host.work / name / "engine.log")
+    triton_cache = gpu_host.work / name / "triton-cache"
+    shutil.rmtree(triton_cache, ignore_errors=True)
+    log_dir = install.home / ".ktransformers"
+    # The single-request backend: the one both lines have.
+    engine = gpuhost.start_engine(gpu_host, install, model, name=name, rule=rule, port=port)
     try:
         figures = serve_and_chat(gpu_host, engine, tmp_path / "model", name, f"http://127.0.0.1:{port}", "/v1/models")
         kernels = sorted(path.name for path in triton_cache.rglob("*") if "_fwd_grouped_kernel_stage1" in path.name)

@@ -2,9 +2,11 @@
 # Build the stand-in base images the image and stack tests build FROM, once per
 # machine (reused by tag). No container registry is reachable here, so:
 #   kta-test/debian:bookworm        debootstrap + docker import
-#   kta-test/cuda:13.0-devel        a CUDA 13 toolkit from PyPI's wheels laid out
-#                                   like nvidia/cuda's /usr/local/cuda
-#   kta-test/cuda:13.0-runtime      the CUDA runtime library only
+#   kta-test/cuda:12.4-devel        CUDA 12.4.1 from Debian trixie's non-free
+#                                   nvidia-cuda-toolkit, laid out like nvidia/cuda's
+#                                   /usr/local/cuda (what users' default builds get)
+#   kta-test/cuda:13.0-devel        a CUDA 13 toolkit from PyPI's wheels, likewise
+#   kta-test/cuda:<v>-runtime       the CUDA runtime library only (nvidia/cuda's -base)
 # The product's defaults stay the real nvidia/cuda images; tests pass these
 # through the tool's --base-image / --runtime-base-image options.
 set -euo pipefail
@@ -44,12 +46,14 @@ ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 if [ -f "$ca_bundle" ]; then
     build_secret=(--secret "id=ca_bundle,src=$ca_bundle")
 fi
-for flavour in devel runtime; do
-    tag=kta-test/cuda:13.0-$flavour
-    have_image "$tag" && continue
-    echo "build-bases: building $tag" >&2
-    DOCKER_BUILDKIT=1 "${build[@]}" --progress=plain "${build_secret[@]}" \
-        --build-arg "DEBIAN_IMAGE=$debian" --target "$flavour" \
-        -t "$tag" -f "$here/bases/cuda13.Dockerfile" "$here/bases"
+for cuda in 12.4 13.0; do
+    for flavour in devel runtime; do
+        tag=kta-test/cuda:$cuda-$flavour
+        have_image "$tag" && continue
+        echo "build-bases: building $tag" >&2
+        DOCKER_BUILDKIT=1 "${build[@]}" --progress=plain "${build_secret[@]}" \
+            --build-arg "DEBIAN_IMAGE=$debian" --target "$flavour" \
+            -t "$tag" -f "$here/bases/cuda${cuda%%.*}.Dockerfile" "$here/bases"
+    done
 done
 echo "build-bases: ready" >&2

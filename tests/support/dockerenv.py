@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "build" / "test-logs"
 CACHE_DIR = Path(os.environ.get("KTA_TEST_CACHE", Path.home() / ".cache" / "ktappliance-test"))
 DEBIAN_BASE = "kta-test/debian:bookworm"
-CUDA_DEVEL_BASE = "kta-test/cuda:13.0-devel"
-CUDA_RUNTIME_BASE = "kta-test/cuda:13.0-runtime"
+CUDA_DEVEL_BASE = "kta-test/cuda:12.4-devel"
+CUDA_RUNTIME_BASE = "kta-test/cuda:12.4-runtime"
 CA_BUNDLE = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
 
 

@@ -32,6 +32,35 @@ def test_fifo_one_at_a_time():
     assert asyncio.run(scenario()) == list(range(8))
 
 
+def test_a_batch_engine_gets_its_batch_at_once_and_the_rest_queue_in_order():
+    # A balance_serve engine with max_batch_size 4: four in flight, the rest
+    # wait their turn in arrival order, and the counts say so.
+    async def scenario():
+        admission = Admission(max_inflight=4, queue_size=10, queue_timeout=5)
+        release = asyncio.Event()
+        started, peak = [], []
+
+        async def client(n):
+            async with admission.slot():
+                started.append(n)
+                peak.append(admission.inflight)
+                await release.wait()
+
+        tasks = []
+        for n in range(7):
+            tasks.append(asyncio.create_task(client(n)))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        counts = (admission.inflight, admission.waiting, list(started))
+        release.set()
+        await asyncio.gather(*tasks)
+        return counts, started, max(peak)
+
+    counts, started, peak = asyncio.run(scenario())
+    assert counts == (4, 3, [0, 1, 2, 3])
+    assert started == list(range(7)) and peak == 4
+
+
 async def occupy(admission: Admission, release: asyncio.Event) -> asyncio.Task:
     """Take the one engine slot until `release` is set."""
     async def holder():

@@ -42,9 +42,29 @@ def test_each_cuda_base_is_a_real_nvidia_image(matrix):
         assert cuda.base_image.startswith(f"nvidia/cuda:{cuda.version}") and "-base-" in cuda.base_image
 
 
-def test_tag_names_line_target_cuda_and_numa(matrix):
-    assert matrix.select("amx", numa=True).image_tag == "ktappliance/engine:v0.3.2-amx-cu126-numa"
-    assert matrix.select("avx2").image_tag == "ktappliance/engine:v0.2.3-avx2-cu124-nonuma"
+def test_tag_names_line_target_cuda_numa_and_backend(matrix):
+    assert matrix.select("amx", numa=True).image_tag == "ktappliance/engine:v0.3.2-amx-cu126-numa-balance_serve"
+    assert matrix.select("amx", backend="single").image_tag == "ktappliance/engine:v0.3.2-amx-cu126-nonuma-single"
+    assert matrix.select("avx2").image_tag == "ktappliance/engine:v0.2.3-avx2-cu124-nonuma-single"
+
+
+def test_backend_defaults_per_line_and_balance_serve_needs_v032(matrix):
+    assert matrix.select("amx").backend == "balance_serve"
+    assert matrix.select("avx2").backend == "single"
+    assert matrix.select("avx2", line="v0.3.2").backend == "balance_serve"
+    with pytest.raises(ApplianceError, match="v0.2.3 has only single; balance_serve needs --line v0.3.2"):
+        matrix.select("avx2", backend="balance_serve")
+    with pytest.raises(ApplianceError, match="--backend both"):
+        matrix.select("amx", backend="both")
+
+
+def test_machine_flags_are_exactly_the_required_flags(matrix):
+    amx = matrix.target("amx")
+    assert amx.machine_flags == ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                                 "-mavx512vnni", "-mavx512bf16", "-mavx512vpopcntdq", "-mamx-tile", "-mamx-int8",
+                                 "-mamx-bf16")
+    assert matrix.target("avx2").machine_flags == ("-mavx2", "-mfma", "-mf16c")
+    assert not any("native" in flag for t in matrix.targets.values() for flag in t.machine_flags)
 
 
 def test_amx_needs_a_line_with_amx_kernels(matrix):

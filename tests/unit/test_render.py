@@ -78,7 +78,7 @@ def test_render_is_deterministic_including_a_source_dir(tmp_path):
         digests.append({p.relative_to(ctx.directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in sorted(ctx.directory.rglob("*")) if p.is_file()})
     assert digests[0] == digests[1]
-    with tarfile.open(tmp_path / "a" / "engine-v0.2.3-avx2-cu124-nonuma" / "src" / "source.tar.gz") as tar:
+    with tarfile.open(tmp_path / "a" / "engine-v0.2.3-avx2-cu124-nonuma-single" / "src" / "source.tar.gz") as tar:
         assert "source/setup.py" in tar.getnames()
 
 
@@ -144,7 +144,7 @@ def test_cpu_guard_on_captures(hosts_dir, capture, target, ok):
 def test_cli_render_writes_context(tmp_path):
     done = run_cli("render", "--target", "amx", "--numa", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    ctx = tmp_path / "engine-v0.3.2-amx-cu126-numa"
+    ctx = tmp_path / "engine-v0.3.2-amx-cu126-numa-balance_serve"
     assert (ctx / "Dockerfile").is_file() and (ctx / "scripts/engine/build-ktransformers.sh").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [ctx.name]
 

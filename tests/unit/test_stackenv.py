@@ -45,7 +45,7 @@ def test_configure_cli_for_a_ktransformers_host(tmp_path, hosts_dir):
     assert done.returncode == 0, done.stderr
     env = read_env(tmp_path / "s.env")
     engine = read_env(tmp_path / "s.env.engine")
-    assert env["ENGINE_IMAGE"] == "ktappliance/engine:v0.3.2-amx-cu126-nonuma"
+    assert env["ENGINE_IMAGE"] == "ktappliance/engine:v0.3.2-amx-cu126-nonuma-balance_serve"
     assert env["COMPOSE_FILE"] == "docker-compose.yml:docker-compose.gpu.yml"
     assert engine["KT_GGUF_PATH"] == "/models/gguf/DeepSeek-R1-UD-IQ1_S" and engine["KT_CPU_INFER"] == "14"
 
