@@ -292,7 +292,7 @@ def cmd_build(args) -> int:
                                         line_name=None if llama else plan.selection.line.name,
                                         backend=None if llama else plan.selection.backend,
                                         facts=probe.host_facts())
-        print(f"wrote {path}; start the stack with: cd {path.parent} && docker compose up -d")
+        print(f"wrote {path}; start the stack with: {stackcli.start_hint(path)}")
     return 0
 
 

@@ -127,8 +127,15 @@ def cmd_configure(args) -> int:
             image = matrix.select(target, args.line, None, numa, args.backend).image_tag
     path = configure_stack(args, matrix, engine=args.engine, engine_image=image, target=target, numa=numa,
                            line_name=args.line, backend=args.backend, facts=facts)
-    print(f"wrote {path} (mode 0600); start the stack with: cd {path.parent} && docker compose up -d")
+    print(f"wrote {path} (mode 0600); start the stack with: {start_hint(path)}")
     return 0
+
+
+def start_hint(env_file: Path) -> str:
+    """A command that starts the stack from these settings, wherever they were written."""
+    if env_file.resolve() == (COMPOSE_DIR / ".env").resolve():
+        return f"cd {COMPOSE_DIR} && docker compose up -d"
+    return f"cd {COMPOSE_DIR} && docker compose --env-file {env_file.resolve()} up -d (or: python build.py up --env-file {env_file})"
 
 
 def compose(*arguments: str, env_file: Path | None = None) -> int:

@@ -46,7 +46,6 @@ set -a
 set +a
 OPENAI_API_KEY=$(cat "$KTA_API_KEY_FILE")
 export OPENAI_API_KEY OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" \
-    RAG_OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" RAG_OPENAI_API_KEY="$OPENAI_API_KEY" \
     WEBUI_SECRET_KEY="$(cat "$KTA_CONFIG_DIR/webui_secret")" DATA_DIR="${DATA_DIR:-$KTA_DATA/webui}"
 mkdir -p "$DATA_DIR"
 if [ "$KTA_RUN_AS" != root ]; then

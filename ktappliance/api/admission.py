@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable
+
+# Until a request has finished, the time one takes is a guess.
+FIRST_GUESS_S = 5.0
+RETRY_AFTER_MAX_S = 60  # the OpenAI SDK waits a server's hint only up to a minute
 
 
 class QueueFull(Exception):
@@ -31,6 +37,7 @@ class Admission:
         self.queue_timeout = queue_timeout
         self.waiting = 0
         self.inflight = 0
+        self.seconds_per_request: float | None = None  # measured, a moving average
 
     @contextlib.asynccontextmanager
     async def slot(self, client_gone: Awaitable | None = None) -> AsyncIterator[None]:
@@ -56,11 +63,17 @@ class Admission:
             self._abandon(acquire)
             raise ClientGone() if watcher in done else WaitTooLong()
         self.inflight += 1
+        started = time.monotonic()
         try:
             yield
         finally:
             self.inflight -= 1
             self._slots.release()
+            self._measured(time.monotonic() - started)
+
+    def _measured(self, seconds: float) -> None:
+        last = self.seconds_per_request
+        self.seconds_per_request = seconds if last is None else 0.8 * last + 0.2 * seconds
 
     def _abandon(self, acquire: asyncio.Future) -> None:
         # The acquire may have won the race just now: give the slot back.
@@ -70,5 +83,9 @@ class Admission:
             acquire.cancel()
 
     def retry_after(self) -> int:
-        """A rough hint in seconds for 429 answers."""
-        return max(1, min(60, 5 * (self.waiting + self.inflight)))
+        """Seconds until a request sent now would find a slot: everyone
+        queued goes first, max_inflight at a time, each taking about the
+        measured time a request holds its slot."""
+        per_request = self.seconds_per_request or FIRST_GUESS_S
+        ahead = self.waiting + 1
+        return max(1, min(RETRY_AFTER_MAX_S, math.ceil(ahead * per_request / self.max_inflight)))

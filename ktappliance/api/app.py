@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import time
+import zlib
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +26,7 @@ from . import errors, validate
 from .admission import Admission, ClientGone, QueueFull, WaitTooLong
 from .config import ApiConfig
 from .metrics import Metrics
+from .middleware import RequestContext
 from .proxy import EngineStream, Exchange
 
 logger = logging.getLogger("ktappliance.api")
@@ -39,6 +41,7 @@ class Service:
         self.metrics.slots.set(config.max_inflight)
         self.http: httpx.AsyncClient | None = None
         self.engine_models: list[str] = []
+        self.started = int(time.time())
 
     def client(self) -> httpx.AsyncClient:
         if self.http is None:
@@ -86,10 +89,16 @@ class Service:
                 chunks.append(chunk)
             return b"".join(chunks)
 
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            raise errors.ApiError(415, f"Content-Encoding {encoding!r} is not accepted; send identity, gzip or deflate",
+                                  "invalid_request_error", "unsupported_content_encoding")
         try:
             raw = await asyncio.wait_for(receive_all(), self.config.read_timeout)
         except asyncio.TimeoutError:
             raise errors.read_timeout(self.config.read_timeout) from None
+        if encoding != "identity":
+            raw = inflate(raw, encoding, limit)
         return validate.parse_body(raw)
 
     async def resolve_model(self, body: dict) -> tuple[str, bool]:
@@ -113,6 +122,22 @@ class Service:
         if self.engine_models:
             body["model"] = self.engine_models[0]
         return name, split
+
+
+def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A compressed body, expanded no further than the size limit (a small
+    bomb must not become gigabytes here)."""
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        body = inflater.decompress(raw, limit + 1)
+        if not inflater.eof and not inflater.unconsumed_tail and len(body) <= limit:
+            raise zlib.error("truncated")
+    except zlib.error:
+        raise errors.bad_request(f"the body is not valid {encoding} data", "invalid_content_encoding") from None
+    if len(body) > limit:
+        raise errors.ApiError(413, f"request body over {limit} bytes once expanded", "invalid_request_error",
+                              "body_too_large")
+    return body
 
 
 def _wait_disconnect(request: Request):
@@ -153,6 +178,9 @@ def build_app(config: ApiConfig) -> Starlette:
         service.metrics.inflight.set(service.admission.inflight)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_object(name: str) -> dict:
+        return {"id": name, "object": "model", "created": service.started, "owned_by": "ktappliance"}
+
     async def models(request: Request) -> Response:
         try:
             service.authorize(request)
@@ -161,11 +189,26 @@ def build_app(config: ApiConfig) -> Starlette:
             return err.response()
         with contextlib.suppress(httpx.HTTPError, ValueError):
             await service.engine_model_list()
-        created = int(time.time())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "ktappliance"}
-                for name in service.known_names()]
         count("models", 200)
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [model_object(name) for name in service.known_names()]})
+
+    async def model_detail(request: Request) -> Response:
+        """GET /v1/models/{id}: the OpenAI SDK's models.retrieve()."""
+        try:
+            service.authorize(request)
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                await service.engine_model_list()
+            name = request.path_params["model"]
+            if name not in service.known_names():
+                err = errors.ApiError(404, f"model {name!r} does not exist; use one of: "
+                                      f"{', '.join(service.known_names())}", "invalid_request_error", "model_not_found")
+                err.param = "model"
+                raise err
+        except errors.ApiError as err:
+            count("models", err.status)
+            return err.response()
+        count("models", 200)
+        return JSONResponse(model_object(name))
 
     def completion_endpoint(path: str, endpoint: str):
         async def handle(request: Request) -> Response:
@@ -173,14 +216,16 @@ def build_app(config: ApiConfig) -> Starlette:
             try:
                 service.authorize(request)
                 body = await service.read_body(request)
-                validate.check_shape(body, chat=endpoint == "chat")
+                validate.check_shape(body, chat=endpoint == "chat", max_n=config.engine_max_n,
+                                     images=config.engine_images)
                 client_model, split = await service.resolve_model(body)
                 service.metrics.queue_depth.set(service.admission.waiting + 1)
                 await stack.enter_async_context(service.admission.slot(_wait_disconnect(request)))
                 service.metrics.queue_depth.set(service.admission.waiting)
-                exchange = Exchange(http=service.client(), metrics=service.metrics, path=path, body=body,
+                exchange = Exchange(upstream=config.upstream, metrics=service.metrics, path=path, body=body,
                                     client_model=client_model, split=split, opened=config.reasoning_opened,
-                                    stall_timeout=config.stall_timeout, upstream_key=config.upstream_key)
+                                    stall_timeout=config.stall_timeout, upstream_key=config.upstream_key,
+                                    connect_timeout=config.connect_timeout)
                 response = await exchange.open(stack)
                 if body.get("stream"):
                     count(endpoint, 200)
@@ -224,8 +269,12 @@ def build_app(config: ApiConfig) -> Starlette:
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         kind = "not_found" if exc.status_code == 404 else "method_not_allowed"
-        return errors.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                               "invalid_request_error", kind).response()
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 404:
+            message += _UNSERVED_HINTS.get(_route_family(request.url.path), "")
+        # A 405 names the methods the route takes (Allow), as HTTP asks.
+        return errors.ApiError(exc.status_code, message, "invalid_request_error", kind,
+                               dict(exc.headers or {})).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -239,6 +288,7 @@ def build_app(config: ApiConfig) -> Starlette:
             Route("/ready", ready),
             Route("/metrics", metrics),
             Route("/v1/models", models),
+            Route("/v1/models/{model:path}", model_detail),
             Route("/v1/chat/completions", completion_endpoint("/v1/chat/completions", "chat"), methods=["POST"]),
             Route("/v1/completions", completion_endpoint("/v1/completions", "completions"), methods=["POST"]),
         ],
@@ -246,7 +296,25 @@ def build_app(config: ApiConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.state.service = service
-    return app
+    return RequestContext(app, config.cors_origins)
+
+
+# Routes tools commonly try that this appliance deliberately does not serve;
+# the README's "What clients can expect" says why.
+_UNSERVED_HINTS = {
+    "embeddings": "; this appliance serves no embeddings model (the engine's CPU cores are the "
+                  "experts'): point your tool at a separate embeddings service",
+    "ollama": "; the Ollama API is not offered: use an OpenAI-compatible client with base URL "
+              "http://<host>:<port>/v1 and your API key",
+}
+
+
+def _route_family(path: str) -> str:
+    if path.rstrip("/").endswith("/embeddings"):
+        return "embeddings"
+    if path.startswith("/api/"):
+        return "ollama"
+    return ""
 
 
 async def _race_disconnect(request: Request, work):

@@ -34,6 +34,11 @@ class ApiConfig:
     aliases: dict[str, str] = field(default_factory=lambda: {"DeepSeek-R1": "inline",
                                                              "deepseek-reasoner": "split"})
     reasoning_opened: bool = False   # the chat template opens <think> in the prompt
+    # What the engine serves: choices per request, and whether the model reads images.
+    engine_max_n: int = 1
+    engine_images: bool = False
+    # Web pages of these origins may call the API from a browser (CORS); none by default.
+    cors_origins: frozenset[str] = frozenset()
 
     @property
     def auth_required(self) -> bool:
@@ -78,6 +83,16 @@ def _aliases(raw: str) -> dict[str, str]:
     return aliases
 
 
+def _origins(raw: str) -> frozenset[str]:
+    """"https://chat.example.com,http://localhost:5173", or "*" for any page."""
+    origins = frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins - {"*"}:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ApplianceError(f"KTA_CORS_ORIGINS: {origin!r} is no origin (scheme://host[:port], or *)")
+    return origins
+
+
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -118,6 +133,9 @@ def from_env(env: dict | None = None) -> ApiConfig:
         max_connections=_int(env, "KTA_MAX_CONNECTIONS", ApiConfig.max_connections, minimum=8),
         max_body_bytes=_int(env, "KTA_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         reasoning_opened=_truthy(env.get("KTA_REASONING_OPENED", "")),
+        cors_origins=_origins(env.get("KTA_CORS_ORIGINS", "")),
+        engine_max_n=_int(env, "KTA_ENGINE_MAX_N", 1, minimum=1),
+        engine_images=_truthy(env.get("KTA_ENGINE_IMAGES", "")),
     )
     if env.get("KTA_MODEL_ALIASES"):
         config = ApiConfig(**{**config.__dict__, "aliases": _aliases(env["KTA_MODEL_ALIASES"])})

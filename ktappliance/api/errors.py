@@ -48,12 +48,22 @@ def engine_failed(detail: str) -> ApiError:
     return ApiError(502, f"the engine failed mid-answer ({detail})", "engine_error", "engine_error")
 
 
-def engine_refused(status: int, message: str) -> ApiError:
-    """The engine's own answer to a request: its 4xx stays a 4xx, its 5xx is
-    our 502 (the engine failed, not the client and not this service)."""
+def engine_refused(status: int, message: str, error: dict | None = None,
+                   request_keys: list[str] | None = None) -> ApiError:
+    """The engine's own answer to a request: its 4xx stays a 4xx with the
+    engine's code and the parameter it names (or the request's parameter its
+    message names), its 5xx is our 502 (the engine failed, not the client)."""
     if status >= 500:
         return ApiError(502, f"the engine failed ({status}): {message}", "engine_error", "engine_error")
-    return ApiError(status, message, "invalid_request_error", "engine_rejected")
+    error = error or {}
+    code = error.get("code") if isinstance(error.get("code"), str) else "engine_rejected"
+    refused = ApiError(status, message, "invalid_request_error", code)
+    param = error.get("param")
+    if not isinstance(param, str):
+        named = [key for key in request_keys or [] if key in message]
+        param = max(named, key=len) if named else None
+    refused.param = param
+    return refused
 
 
 def read_timeout(seconds: float) -> ApiError:

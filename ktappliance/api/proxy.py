@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import anyio
-import httpx
 from starlette.responses import StreamingResponse
 
 from . import errors
 from .metrics import Metrics
 from .reasoning import Piece, ReasoningSplitter, split_text
+from .upstream import EngineBroken, EngineResponse, EngineStalled, EngineUnreachable, post
 
 
 class EngineStream(StreamingResponse):
@@ -45,55 +45,50 @@ class EngineStream(StreamingResponse):
 class Exchange:
     """One request's trip through the engine."""
 
-    def __init__(self, *, http: httpx.AsyncClient, metrics: Metrics, path: str, body: dict,
-                 client_model: str, split: bool, opened: bool, stall_timeout: float, upstream_key: str):
-        self.http, self.metrics, self.path, self.body = http, metrics, path, body
+    def __init__(self, *, upstream: str, metrics: Metrics, path: str, body: dict, client_model: str, split: bool,
+                 opened: bool, stall_timeout: float, upstream_key: str, connect_timeout: float = 3.0):
+        self.upstream, self.metrics, self.path, self.body = upstream, metrics, path, body
         self.client_model, self.split, self.opened = client_model, split, opened
-        self.stall_timeout, self.upstream_key = stall_timeout, upstream_key
+        self.stall_timeout, self.upstream_key, self.connect_timeout = stall_timeout, upstream_key, connect_timeout
         self.chat = path.endswith("chat/completions")
         # Nothing to rewrite: the engine's bytes go to the client untouched.
         self.passthrough = not split and body.get("model") == client_model
 
-    def _request(self) -> httpx.Request:
-        headers = {"Authorization": f"Bearer {self.upstream_key}"} if self.upstream_key else {}
-        return self.http.build_request("POST", self.path, json=self.body, headers=headers)
-
-    async def open(self, stack: AsyncExitStack) -> httpx.Response:
+    async def open(self, stack: AsyncExitStack) -> EngineResponse:
         """Send the request; map connection failures and silence to 503/504."""
         self.sent_at = time.monotonic()
         try:
-            try:
-                response = await self.http.send(self._request(), stream=True)
-            except httpx.RemoteProtocolError:
-                # A pooled keep-alive connection the engine had just closed
-                # (llama-server closes after some streams): nothing was
-                # processed, so sending once more on a fresh one is safe.
-                response = await self.http.send(self._request(), stream=True)
-        except httpx.ConnectError as exc:
+            response = await post(self.upstream, self.path, self.body, key=self.upstream_key,
+                                  connect_timeout=self.connect_timeout, stall_timeout=self.stall_timeout)
+        except EngineUnreachable as exc:
             self.metrics.engine_errors.labels("connect").inc()
-            raise errors.engine_down(type(exc).__name__) from None
-        except httpx.TimeoutException:
+            raise errors.engine_down(str(exc)) from None
+        except EngineStalled:
             self.metrics.engine_errors.labels("stall").inc()
             raise errors.engine_stalled(self.stall_timeout) from None
-        except httpx.TransportError as exc:
+        except EngineBroken as exc:
             self.metrics.engine_errors.labels("transport").inc()
-            raise errors.engine_down(type(exc).__name__) from None
+            raise errors.engine_down(str(exc)) from None
         stack.push_async_callback(response.aclose)
         if response.status_code >= 400:
-            raw = await response.aread()
+            try:
+                raw = await response.aread()
+            except (EngineStalled, EngineBroken):
+                raw = b""
             self.metrics.engine_errors.labels(f"http_{response.status_code}").inc()
             try:
                 detail = json.loads(raw)
-                message = detail.get("error", {}).get("message") if isinstance(detail.get("error"), dict) else None
+                error = detail.get("error") if isinstance(detail.get("error"), dict) else {}
             except (ValueError, AttributeError):
-                message = None
+                error = {}
             raise errors.engine_refused(response.status_code,
-                                        message or raw.decode(errors="replace")[:300] or "engine error")
+                                        error.get("message") or raw.decode(errors="replace")[:300] or "engine error",
+                                        error, list(self.body))
         return response
 
     # ---------------------------------------------------------------- non-streamed
 
-    async def whole(self, response: httpx.Response) -> dict | bytes:
+    async def whole(self, response: EngineResponse) -> dict | bytes:
         """The answer as a dict to re-encode, or the engine's own bytes."""
         try:
             raw = await response.aread()
@@ -101,10 +96,10 @@ class Exchange:
                 self.metrics.ttft.observe(time.monotonic() - self.sent_at)
                 return raw
             payload = json.loads(raw)
-        except httpx.TimeoutException:
+        except EngineStalled:
             self.metrics.engine_errors.labels("stall").inc()
             raise errors.engine_stalled(self.stall_timeout) from None
-        except (httpx.TransportError, ValueError) as exc:
+        except (EngineBroken, ValueError) as exc:
             self.metrics.engine_errors.labels("broken").inc()
             raise errors.engine_failed(type(exc).__name__) from None
         self.metrics.ttft.observe(time.monotonic() - self.sent_at)
@@ -123,7 +118,7 @@ class Exchange:
 
     # ---------------------------------------------------------------- streamed
 
-    async def events(self, response: httpx.Response, stack: AsyncExitStack) -> AsyncIterator[bytes]:
+    async def events(self, response: EngineResponse, stack: AsyncExitStack) -> AsyncIterator[bytes]:
         """Re-emit the engine's SSE events; runs inside the response, and owns
         `stack` (the engine slot and the engine connection) until it ends."""
         splitters: dict[int, ReasoningSplitter] = {}
@@ -168,10 +163,10 @@ class Exchange:
                     self._split_event(event, splitters)
                 event["model"] = self.client_model
                 yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
-        except httpx.TimeoutException:
+        except EngineStalled:
             self.metrics.engine_errors.labels("stall").inc()
             yield errors.engine_stalled(self.stall_timeout).sse_event()
-        except httpx.TransportError as exc:
+        except EngineBroken as exc:
             self.metrics.engine_errors.labels("broken").inc()
             yield errors.engine_failed(type(exc).__name__).sse_event()
         finally:

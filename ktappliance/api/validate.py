@@ -92,7 +92,16 @@ def _bad(message: str, param: str | None = None) -> errors.ApiError:
     return err
 
 
-def check_shape(body: dict, chat: bool) -> None:
+def _unsupported(message: str, param: str) -> errors.ApiError:
+    err = errors.bad_request(message, "unsupported_value")
+    err.param = param
+    return err
+
+
+def check_shape(body: dict, chat: bool, *, max_n: int = 1, images: bool = False) -> None:
+    """The request's shape, and what this engine can do: `n` above what it
+    serves, or image parts for a text-only model, are the request's fault
+    (400 naming the parameter), not the engine's (a 500 the SDK would retry)."""
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -110,6 +119,10 @@ def check_shape(body: dict, chat: bool) -> None:
             if isinstance(content, list):
                 if not all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in content):
                     raise _bad(f"{where}.content parts must be objects with a 'type'", f"{where}.content")
+                for number, part in enumerate(content):
+                    if part["type"] != "text" and not images:
+                        raise _unsupported(f"{where}.content[{number}] is of type {part['type']!r}; this model "
+                                           "reads text only", f"{where}.content[{number}].type")
             elif not isinstance(content, str):
                 raise _bad(f"{where}.content must be a string or an array of content parts", f"{where}.content")
     else:
@@ -129,6 +142,9 @@ def check_shape(body: dict, chat: bool) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise _bad(f"'{name}' must be a whole number from {low} to {high}", name)
+    if isinstance(body.get("n"), int) and body["n"] > max_n:
+        raise _unsupported(f"'n' is {body['n']}, and this engine returns at most {max_n} choice"
+                           f"{'s' if max_n > 1 else ''} per request; send the request again for more", "n")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be true or false", "stream")
     stop = body.get("stop")

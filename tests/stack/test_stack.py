@@ -15,7 +15,7 @@ import openai
 import pytest
 import testinfra
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from support.stack import compose, container, memlock_limit, signin
 
 pytestmark = pytest.mark.stack
@@ -47,6 +47,20 @@ def test_chat_through_open_webui_reaches_the_engine(stack):
     metrics = httpx.get(stack["api"] + "/metrics",
                         headers={"Authorization": f"Bearer {stack['env']['API_KEY']}"}).text
     assert 'kta_api_requests_total{endpoint="chat",status="200"}' in metrics  # it went through the API
+
+
+def test_open_webui_points_nothing_at_a_route_the_api_lacks(stack):
+    # The API serves no embeddings: Open-WebUI must neither call /v1/embeddings
+    # nor load a local model; documents go into the prompt whole.
+    headers = {"Authorization": f"Bearer {signin(stack)}"}
+    embedding = httpx.get(stack["webui"] + "/api/v1/retrieval/embedding", headers=headers, timeout=60).json()
+    assert embedding["RAG_EMBEDDING_ENGINE"] == "" and embedding["RAG_EMBEDDING_MODEL"] == ""
+    assert "api:10002" not in embedding["openai_config"]["url"]
+    retrieval = httpx.get(stack["webui"] + "/api/v1/retrieval/config", headers=headers, timeout=60).json()
+    assert retrieval["BYPASS_EMBEDDING_AND_RETRIEVAL"] is True
+    refused = httpx.post(stack["api"] + "/v1/embeddings", json={"model": "DeepSeek-R1", "input": "x"},
+                         headers={"Authorization": f"Bearer {stack['env']['API_KEY']}"})
+    assert refused.status_code == 404 and "no embeddings model" in refused.json()["error"]["message"]
 
 
 def test_openai_client_through_the_api(stack):
@@ -142,3 +156,19 @@ def test_a_refusal_no_restart_can_fix_stops_the_engine_for_good(stack, tmp_path)
         assert len(logs) == 1 and "missing (shard 2 of 3)" in logs[0], logs
     finally:
         subprocess.run([*project, "down", "-v"], **run)
+
+
+def test_bench_command_loads_the_stack_like_its_users(stack):
+    # Two users, a request each every half second, through the API with the
+    # key from the stack's own env file, as a user runs it on their box.
+    done = run_cli("bench", "--env-file", str(stack["env_file"]), "--users", "2", "--interval", "0.5",
+                   "--requests", "6", "--max-tokens", "12", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["requests"] == 6 and report["completed"] == 6 and report["errors"] == 0, report
+    assert report["ttft_p50_s"] > 0 and report["ttft_p95_s"] >= report["ttft_p50_s"]
+    assert set(report["per_user_decode_tokens_per_s"]) == {"0", "1"} and report["total_tokens_per_s"] > 0
+    assert "6/6 done, 0 failed" in done.stderr  # the progress it shows as it goes
+    wrong_key = run_cli("bench", "--env-file", str(stack["env_file"]), "--key", "not-the-key", "--requests", "2",
+                        "--users", "1", "--json")
+    assert wrong_key.returncode == 1 and json.loads(wrong_key.stdout)["error_kinds"] == {"HTTP 401": 2}

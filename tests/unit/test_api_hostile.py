@@ -172,40 +172,52 @@ def test_compose_and_code_share_one_stall_default():
 
 # ---------------------------------------------------------------- engine faults, as bytes
 
-class CutStream(httpx.AsyncByteStream):
-    def __init__(self, chunks):
-        self.chunks = chunks
+async def engine_answering(raw_parts: list[bytes], pause: float = 0.0):
+    """A TCP server on loopback that answers any request with these bytes, in
+    these writes, then closes: an engine that breaks off mid-answer."""
+    async def answer(reader, writer):
+        await reader.read(65536)
+        for part in raw_parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.close()
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
-    async def __aiter__(self):
-        for chunk in self.chunks:
-            yield chunk
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
-
-def exchange_with(handler, body=None):
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://engine")
+def exchange_with(upstream, body=None, stall_timeout=5.0):
     body = body or {"model": "DeepSeek-R1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    return http, Exchange(http=http, metrics=Metrics(), path="/v1/chat/completions", body=body,
-                          client_model="DeepSeek-R1", split=False, opened=False, stall_timeout=5, upstream_key="")
+    return Exchange(upstream=upstream, metrics=Metrics(), path="/v1/chat/completions", body=body,
+                    client_model="DeepSeek-R1", split=False, opened=False, stall_timeout=stall_timeout,
+                    upstream_key="")
+
+
+def chunked(*pieces: bytes) -> list[bytes]:
+    return [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def streamed(raw_parts: list[bytes], stall_timeout: float = 5.0, pause: float = 0.0) -> bytes:
+    async def scenario():
+        from contextlib import AsyncExitStack
+        server, url = await engine_answering(raw_parts, pause)
+        try:
+            exchange = exchange_with(url, stall_timeout=stall_timeout)
+            stack = AsyncExitStack()
+            response = await exchange.open(stack)
+            return b"".join([chunk async for chunk in exchange.events(response, stack)])
+        finally:
+            server.close()
+    return asyncio.run(scenario())
 
 
 def test_passthrough_drops_a_partial_event_before_the_error_event():
     whole = b'data: {"id": "x", "choices": [{"delta": {"content": "a"}}]}\n\n'
     cut = b'data: {"id": "x", "choi'
-
-    def handler(request):
-        return httpx.Response(200, stream=CutStream([whole, cut]), headers={"content-type": "text/event-stream"})
-
-    async def scenario():
-        from contextlib import AsyncExitStack
-        http, exchange = exchange_with(handler)
-        stack = AsyncExitStack()
-        response = await exchange.open(stack)
-        out = b"".join([chunk async for chunk in exchange.events(response, stack)])
-        await http.aclose()
-        return out
-
-    out = asyncio.run(scenario())
+    out = streamed([SSE_HEAD, *chunked(whole, cut)], pause=0.05)
     events = [e for e in out.split(b"\n\n") if e]
     assert events[0] + b"\n\n" == whole
     for event in events:
@@ -214,22 +226,47 @@ def test_passthrough_drops_a_partial_event_before_the_error_event():
     assert json.loads(events[-1][6:])["error"]["code"] == "engine_error"
 
 
+def test_events_split_across_writes_and_several_in_one_pass_through_whole():
+    events = [b'data: {"id": "x", "choices": [{"delta": {"content": "%d"}}]}\n\n' % n for n in range(5)]
+    glued = events[1] + events[2][:10]
+    parts = [SSE_HEAD, *chunked(events[0], glued, events[2][10:] + events[3] + events[4], b"data: [DONE]\n\n"),
+             b"0\r\n\r\n"]
+    assert streamed(parts) == b"".join(events) + b"data: [DONE]\n\n"
+
+
+def test_an_engine_silent_mid_stream_ends_it_with_a_stall_event():
+    first = b'data: {"id": "x", "choices": [{"delta": {"content": "a"}}]}\n\n'
+    out = streamed([SSE_HEAD + chunked(first)[0]], stall_timeout=0.3, pause=2)
+    assert out.startswith(first)
+    assert json.loads(out[len(first):].split(b"\n\n")[0][6:])["error"]["code"] == "engine_timeout"
+
+
 @pytest.mark.parametrize("status, expected", [(500, 502), (503, 502), (400, 400)])
 def test_engine_errors_map_to_openai_bodies(status, expected):
-    def handler(request):
-        return httpx.Response(status, json={"error": {"message": "boom"}})
+    body = json.dumps({"error": {"message": "boom"}}).encode()
+    raw = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
 
     async def scenario():
         from contextlib import AsyncExitStack
-        http, exchange = exchange_with(handler)
+        server, url = await engine_answering([raw])
         try:
-            await exchange.open(AsyncExitStack())
+            await exchange_with(url).open(AsyncExitStack())
         finally:
-            await http.aclose()
+            server.close()
 
     with pytest.raises(errors.ApiError) as caught:
         asyncio.run(scenario())
     assert caught.value.status == expected and "boom" in caught.value.message
+
+
+def test_an_engine_that_is_not_there_is_503():
+    async def scenario():
+        from contextlib import AsyncExitStack
+        await exchange_with(f"http://127.0.0.1:{free_port()}").open(AsyncExitStack())
+
+    with pytest.raises(errors.ApiError) as caught:
+        asyncio.run(scenario())
+    assert caught.value.status == 503
 
 
 def test_metrics_need_the_key_and_probes_do_not(api):

@@ -61,6 +61,24 @@ def test_a_batch_engine_gets_its_batch_at_once_and_the_rest_queue_in_order():
     assert started == list(range(7)) and peak == 4
 
 
+def test_retry_after_follows_what_the_queue_will_take():
+    async def scenario():
+        admission = Admission(max_inflight=2, queue_size=4, queue_timeout=5)
+        hints = [admission.retry_after()]           # nothing measured: the first guess
+        for _ in range(3):
+            async with admission.slot():
+                await asyncio.sleep(0.2)
+        hints.append(admission.retry_after())        # empty queue, 0.2 s a request
+        admission.seconds_per_request = 20.0         # R1-like requests
+        admission.waiting = 3
+        hints.append(admission.retry_after())        # 4 ahead of a newcomer, 2 at a time: 40 s
+        admission.waiting = 40
+        hints.append(admission.retry_after())        # capped where clients still honour it
+        return hints
+
+    assert asyncio.run(scenario()) == [3, 1, 40, 60]
+
+
 async def occupy(admission: Admission, release: asyncio.Event) -> asyncio.Task:
     """Take the one engine slot until `release` is set."""
     async def holder():
