@@ -173,6 +173,9 @@ def test_64_concurrent_streams_one_at_a_time_then_429(stack):
     rejected = [r for r in burst if r[0] == 429]
     assert len(rejected) >= 8 - 1  # 72 arrivals, 64 queue places
     assert all(retry_after and int(retry_after) >= 1 for _, retry_after, _ in rejected)
+    # The hint is the queue ahead times the measured slot time (short answers
+    # here), not a fixed 5 s a place capped at 60, which made the SDK wait 120 s.
+    assert all(int(retry_after) < 60 for _, retry_after, _ in rejected), rejected
     assert all(r[0] in (200, 429) for r in burst)
 
 
@@ -207,3 +210,65 @@ def test_api_container_with_testinfra(stack):
     process = host.process.get(comm="python")
     assert process.user == "kta"
     assert not host.exists("gcc")
+
+
+@pytest.fixture(scope="module")
+def batch_stack(api_image, llamacpp_image, docker_client, tiny_models):
+    """The API in front of an engine that serves three requests at once (as a
+    balance_serve engine with max_batch_size 3 would): KTA_MAX_INFLIGHT=3."""
+    suffix = uuid.uuid4().hex[:6]
+    network = docker_client.networks.create(f"kta-batch-test-{suffix}")
+    engine = docker_client.containers.run(
+        LLAMACPP_TAG, detach=True, name=f"kta-batch-engine-{suffix}", network=network.name,
+        volumes={str(tiny_models["dir"]): {"bind": "/models", "mode": "ro"}},
+        environment={"LLAMA_ARG_MODEL": "/models/tiny-r1.gguf", "LLAMA_ARG_CTX_SIZE": "12288",
+                     "LLAMA_ARG_THREADS": "1", "LLAMA_ARG_N_PARALLEL": "3"})
+    api = docker_client.containers.run(
+        API_TAG, detach=True, network=network.name, ports={"10002/tcp": ("127.0.0.1", None)},
+        environment={"KTA_UPSTREAM": f"http://{engine.name}:8080", "KTA_API_KEYS": KEY, "KTA_MAX_INFLIGHT": "3"})
+    try:
+        dockerenv.wait_healthy(engine, timeout=180)
+        dockerenv.wait_healthy(api, timeout=60)
+        yield f"http://127.0.0.1:{dockerenv.published_port(api, '10002/tcp')}"
+    finally:
+        for container in (api, engine):
+            container.remove(force=True)
+        network.remove()
+
+
+def gauges(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith(("kta_api_inflight ", "kta_api_queue_depth ", "kta_api_slots "))}
+
+
+def test_a_batch_engine_gets_its_batch_at_once_and_metrics_show_the_rest_queued(batch_stack):
+    async def one(http, n, started):
+        body = {"model": "DeepSeek-R1", "stream": True, "max_tokens": 1500, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"client {n}"}]}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and n not in started:
+                    started[n] = time.monotonic()
+        return time.monotonic()
+
+    async def scenario():
+        started: dict[int, float] = {}
+        async with httpx.AsyncClient(base_url=batch_stack, headers={"Authorization": f"Bearer {KEY}"},
+                                     timeout=300) as http:
+            tasks = [asyncio.create_task(one(http, n, started)) for n in range(5)]
+            seen = None
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                now = await asyncio.to_thread(gauges, batch_stack)
+                if now.get("kta_api_inflight") == 3 and now.get("kta_api_queue_depth") == 2:
+                    seen = now
+                    break
+            ended = await asyncio.gather(*tasks)
+        return seen, started, ended
+
+    seen, started, ended = asyncio.run(scenario())
+    assert seen == {"kta_api_inflight": 3, "kta_api_queue_depth": 2, "kta_api_slots": 3}, seen
+    first_three = sorted(started.values())[:3]
+    assert first_three[-1] < min(ended), "the first three did not stream at the same time"
+    assert gauges(batch_stack) == {"kta_api_inflight": 0, "kta_api_queue_depth": 0, "kta_api_slots": 3}
