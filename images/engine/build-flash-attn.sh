@@ -24,17 +24,10 @@ archs=$(echo "${TORCH_CUDA_ARCH_LIST:?}" | tr ';' '\n' | sed -n 's/^\([0-9]*\)\.
 [ -n "$archs" ] || { echo "build-flash-attn: no CUDA arch of 8.0 or newer in $TORCH_CUDA_ARCH_LIST" >&2; exit 2; }
 
 # The wheel name flash-attn's own setup.py looks for on its release page.
-wheel=$("$venv/bin/python" - "$version" <<'PY'
-import sys, torch
-version = sys.argv[1]
-t = torch.__version__.split("+")[0].split(".")
-cuda = (torch.version.cuda or "0").split(".")[0]
-abi = str(torch._C._GLIBCXX_USE_CXX11_ABI).upper()
-py = f"cp{sys.version_info.major}{sys.version_info.minor}"
-print(f"flash_attn-{version}+cu{cuda}torch{t[0]}.{t[1]}cxx11abi{abi}-{py}-{py}-linux_x86_64.whl")
-PY
-)
-url="https://github.com/Dao-AILab/flash-attention/releases/download/v$version/$(echo "$wheel" | sed 's/+/%2B/')"
+here=$(cd "$(dirname "$0")" && pwd)
+named=$("$venv/bin/python" "$here/flash-attn-wheel.py" "$version" --this-torch)
+wheel=$(echo "$named" | sed -n 1p)
+url=$(echo "$named" | sed -n 2p)
 # About 85 kernels per arch at about 6 CPU-minutes each (measured on an
 # Emerald Rapids host); each job needs 1.5 GB of RAM or more.
 narchs=$(echo "$archs" | tr ';' '\n' | wc -l)

@@ -56,6 +56,8 @@ fi
 if command -v ccache >/dev/null 2>&1; then
     # Same paths every build, so a flag change recompiles only what it touches.
     export CCACHE_DIR="${CCACHE_DIR:-/root/.cache/ccache}" CCACHE_BASEDIR="$workdir" CCACHE_NOHASHDIR=1
+    # A rebuilt base copies the same compilers with new mtimes: compare contents.
+    export CCACHE_COMPILERCHECK=content
     export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
     export PYTORCH_NVCC="ccache $CUDA_HOME/bin/nvcc"
 fi

@@ -41,6 +41,24 @@ case "$backend:$rule" in
     balance_serve:*) refuse "KT_OPTIMIZE_RULE=$rule is for the single-request backend; balance_serve needs a -serve rule such as DeepSeek-V3-Chat-serve.yaml" 5 ;;
     single:*-serve*.yaml) refuse "KT_OPTIMIZE_RULE=$rule is for balance_serve; KT_BACKEND=single needs a rule such as DeepSeek-V3-Chat.yaml" 5 ;;
 esac
+if [ "$backend" = balance_serve ]; then
+    lens=${KT_CACHE_LENS:-16384} new=${KT_MAX_NEW_TOKENS:-8192}
+    for value in "KT_CACHE_LENS=$lens" "KT_MAX_NEW_TOKENS=$new" "KT_MAX_BATCH_SIZE=${KT_MAX_BATCH_SIZE:-1}" \
+                 "KT_CHUNK_SIZE=${KT_CHUNK_SIZE:-256}"; do
+        case "${value#*=}" in
+            ''|*[!0-9]*|0) refuse "$value: expected a whole number above 0" 5 ;;
+        esac
+    done
+    # Upstream's rule: cache_lens > max_batch_size x max_new_tokens, else fewer
+    # requests run at once than max_batch_size says. build.py plan sets all
+    # three; without it, as many as the cache holds (at most 8).
+    batch=${KT_MAX_BATCH_SIZE:-$(( (lens - 1) / new ))}
+    [ "$batch" -ge 1 ] || batch=1
+    [ -n "${KT_MAX_BATCH_SIZE:-}" ] || [ "$batch" -le 8 ] || batch=8
+    if [ $((batch * new)) -ge "$lens" ]; then
+        echo "ktappliance: note: KT_CACHE_LENS=$lens holds fewer than $batch answers of KT_MAX_NEW_TOKENS=$new, so fewer run at once; python build.py plan sizes them together" >&2
+    fi
+fi
 # An image built with --flash-attn skip loads the model and then fails on the
 # first prompt (v0.2.3 imports flash_attn with the attention rule, v0.3.2 calls
 # it for every prefill): refuse now, where the reason is plain.
@@ -84,22 +102,6 @@ if [ -n "${KT_API_KEY:-}" ] && has_feature auth; then
     set -- "$@" --api_key "$KT_API_KEY"
 fi
 if [ "$backend" = balance_serve ]; then
-    lens=${KT_CACHE_LENS:-16384} new=${KT_MAX_NEW_TOKENS:-8192}
-    for value in "KT_CACHE_LENS=$lens" "KT_MAX_NEW_TOKENS=$new" "KT_MAX_BATCH_SIZE=${KT_MAX_BATCH_SIZE:-1}" \
-                 "KT_CHUNK_SIZE=${KT_CHUNK_SIZE:-256}"; do
-        case "${value#*=}" in
-            ''|*[!0-9]*|0) refuse "$value: expected a whole number above 0" 5 ;;
-        esac
-    done
-    # Upstream's rule: cache_lens > max_batch_size x max_new_tokens, else fewer
-    # requests run at once than max_batch_size says. build.py plan sets all
-    # three; without it, as many as the cache holds (at most 8).
-    batch=${KT_MAX_BATCH_SIZE:-$(( (lens - 1) / new ))}
-    [ "$batch" -ge 1 ] || batch=1
-    [ -n "${KT_MAX_BATCH_SIZE:-}" ] || [ "$batch" -le 8 ] || batch=8
-    if [ $((batch * new)) -ge "$lens" ]; then
-        echo "ktappliance: note: KT_CACHE_LENS=$lens holds fewer than $batch answers of KT_MAX_NEW_TOKENS=$new, so fewer run at once; python build.py plan sizes them together" >&2
-    fi
     set -- "$@" --backend_type balance_serve --max_batch_size "$batch" --chunk_size "${KT_CHUNK_SIZE:-256}"
 elif has_feature backend_type; then
     set -- "$@" --backend_type ktransformers

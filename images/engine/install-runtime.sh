@@ -53,6 +53,22 @@ install_wheels() {
     if [ -d "$wheels/flashinfer-ops" ]; then
         rm -rf "$venv/flashinfer-ops"
         cp -r "$wheels/flashinfer-ops" "$venv/flashinfer-ops"
+    fi
+    # The checks below run the target's code. A build depends on the target,
+    # never on the machine it runs on: where this machine lacks the target's
+    # instructions, they cannot run here (they would die on an illegal
+    # instruction) and the image's entrypoint guard stands in at start.
+    cpu=" $(grep -m1 -E '^[[:space:]]*[Ff]lags[[:space:]]*:' /proc/cpuinfo | cut -d: -f2-) " lacking=""
+    for flag in ${KT_REQUIRED_FLAGS:-}; do
+        case "$cpu" in *" $flag "*) ;; *) lacking="$lacking $flag" ;; esac
+    done
+    if [ -n "$lacking" ]; then
+        echo "install-runtime: this build machine lacks $lacking; the import checks are left to a host of the target" >&2
+        "$venv/bin/python" "$here/check-triton-toolchain.py"
+        install_user
+        return
+    fi
+    if [ -d "$venv/flashinfer-ops" ]; then
         "$venv/bin/python" "$here/check-balance-serve.py" "$venv/flashinfer-ops"
     fi
     "$venv/bin/python" "$here/check-libstdcxx.py"
@@ -65,6 +81,10 @@ install_wheels() {
     HOME="$check_home" "$venv/bin/ktransformers" --help >/dev/null
     HOME="$check_home" "$venv/bin/python" -c 'import ktransformers.server.main, cpuinfer_ext, KTransformersOps'
     rm -rf "$check_home"
+    install_user
+}
+
+install_user() {
     if [ -n "${KT_USER:-}" ]; then
         id "$KT_USER" >/dev/null 2>&1 || useradd --create-home --uid 10001 --shell /bin/sh "$KT_USER"
         user_home=$(getent passwd "$KT_USER" | cut -d: -f6)

@@ -54,6 +54,8 @@ if [ -n "${LLAMA_CUDA_ARCHS:-}" ]; then
     set -- "$@" -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$LLAMA_CUDA_ARCHS"
 fi
 export CCACHE_DIR="${CCACHE_DIR:-/root/.cache/ccache}" CCACHE_BASEDIR="$work" CCACHE_NOHASHDIR=1
+# A rebuilt base copies the same compilers with new mtimes: compare contents.
+export CCACHE_COMPILERCHECK=content
 cmake "$@"
 cmake --build "$work/build" --target llama-server -j "$jobs"
 mkdir -p "$prefix/bin"

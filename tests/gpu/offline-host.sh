@@ -3,10 +3,14 @@
 # tools and every Python package the engines install come from wheel folders
 # prepared on a machine with network; torch is the host's own.
 # Usage: tests/gpu/offline-host.sh WHEEL_DIR... [-- PYTEST_ARGS]
+#        tests/gpu/offline-host.sh --compile WHEEL_DIR... -- ENGINE...   (compile ahead:
+#            tests/gpu/gpuhost.py in the same environment; detach it where commands are cut off)
 # Env: KTA_KT_SOURCES, KTA_LLAMACPP_SRC, KTA_GPU_WORK (see tests/gpu/gpuhost.py),
 #      KTA_DEB_ROOT (where WHEEL_DIR/debs/*.deb are unpacked; default /tmp/kta-debroot)
 set -eu
 cd "$(dirname "$0")/../.."
+mode=test
+if [ "${1:-}" = --compile ]; then mode=compile; shift; fi
 wheels=""
 while [ $# -gt 0 ] && [ "$1" != -- ]; do wheels="$wheels $(cd "$1" && pwd)"; shift; done
 [ "${1:-}" != -- ] || shift
@@ -31,6 +35,9 @@ venv=${KTA_GPU_TOOL_VENV:-/tmp/kta-gpu-tools}
 [ -x "$venv/bin/python" ] || sh images/common/venv-with-host-torch.sh "$venv"
 PIP_NO_INDEX=1 PIP_FIND_LINKS="$KTA_WHEELHOUSE" PIP_DISABLE_PIP_VERSION_CHECK=1 \
     "$venv/bin/pip" install -q -r tests/gpu/tool-requirements.txt
+if [ "$mode" = compile ]; then
+    exec "$venv/bin/python" tests/gpu/gpuhost.py "$@"
+fi
 if command -v make >/dev/null 2>&1; then
     exec make test-gpu GPU_PY="$venv/bin/python" PYTEST_ARGS="$*"
 fi

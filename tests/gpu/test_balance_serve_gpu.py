@@ -93,6 +93,17 @@ def served(gpu_host, install, model):
         serving.stop()
 
 
+def test_the_scheduler_has_no_instruction_beyond_the_target(install):
+    from support import isa
+    site = next(install.venv.glob("lib/python3*/site-packages"))
+    libraries = [*site.glob("sched_ext*.so"), *site.glob("libsched*.so"), *site.glob("libkvc2.so"),
+                 *site.glob("libasync_store.so"), *site.glob("libprometheus-cpp-*.so*")]
+    assert len(libraries) >= 5, libraries
+    required = set(install.runtime_env["KT_REQUIRED_FLAGS"].split())
+    beyond = {lib.name: isa.beyond_target(isa.disassemble(lib), required) for lib in libraries}
+    assert not any(beyond.values()), beyond
+
+
 def test_first_request_to_a_fresh_engine_needs_no_compiler(served, install, gpu_host):
     assert served.first_request["text"], f"no tokens came back; engine log:\n{served.engine.tail()}"
     jit = sorted(str(p) for p in (install.home / ".cache" / "flashinfer").rglob("*.so"))

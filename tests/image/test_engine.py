@@ -1,23 +1,31 @@
-"""The KTransformers engine images of the lines we ship, compiled for real from
-upstream's source at the pinned tags (../shared/sources, else the git tag) on
-the stand-in CUDA 13 bases: v0.2.3 for avx2 (and its NUMA variant), v0.3.2 for
-amx. Checked with testinfra in running containers.
+"""The KTransformers engine images a user's default build gives, compiled for
+real from upstream's source at the pinned tags (../shared/sources, else the
+git tag) on the stand-in CUDA 12.4 bases: v0.2.3 for avx2 with torch 2.5.1
+(and its NUMA variant), v0.3.2 for amx with torch 2.6.0 and balance_serve.
+Checked with testinfra in running containers.
 
 Not covered here (no GitHub, no GPU): flash-attn (its wheel is on GitHub; the
 images are built with --flash-attn skip, which they must refuse to serve),
 and running a model, which the GPU tier (tests/gpu) does."""
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import testinfra
 
-from support import dockerenv
+from ktappliance.matrix import load_matrix
+from support import dockerenv, isa
 from support.settings import ENGINE_AMX_TAG, ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
 
 pytestmark = pytest.mark.image
 SITE = "/opt/venv/lib/python3.11/site-packages"
+PUBLISHED = Path(__file__).resolve().parents[1] / "fixtures" / "published"
+
+
+def published(name: str) -> dict:
+    return json.loads((PUBLISHED / name).read_text())
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "flash_attn_standin"
 # Just enough of the CPU guard's list to pass on any x86-64 CI machine, for
 # tests that only inspect an image built for a CPU this machine may lack.
@@ -47,17 +55,22 @@ def extension(host, name):
     return host.check_output(f"ls {SITE}/{name}*.so")
 
 
-def disassembly(image_id: str, name: str, tmp_path: Path) -> str:
+def copied_out(image_id: str, pattern: str, tmp_path: Path) -> list[Path]:
+    """The image's files matching a shell pattern, copied here."""
+    paths = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image_id, "-c", f"ls {pattern}"],
+                           capture_output=True, text=True, check=True).stdout.split()
     container = subprocess.run(["docker", "create", "--entrypoint", "true", image_id],
                                capture_output=True, text=True, check=True).stdout.strip()
     try:
-        path = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image_id, "-c", f"ls {SITE}/{name}*.so"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        subprocess.run(["docker", "cp", f"{container}:{path}", str(tmp_path / f"{name}.so")], check=True)
+        for path in paths:
+            subprocess.run(["docker", "cp", "-L", f"{container}:{path}", str(tmp_path / Path(path).name)], check=True)
     finally:
         subprocess.run(["docker", "rm", container], capture_output=True)
-    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tmp_path / f"{name}.so")],
-                          capture_output=True, text=True, check=True).stdout
+    return [tmp_path / Path(path).name for path in paths]
+
+
+def disassembly(image_id: str, name: str, tmp_path: Path) -> str:
+    return isa.disassemble(copied_out(image_id, f"{SITE}/{name}*.so", tmp_path)[0])
 
 
 def test_extensions_import_and_the_server_starts_its_imports(engine):
@@ -112,6 +125,7 @@ def test_amx_build_has_the_amx_backends(engine_amx_image, tmp_path, docker_clien
     code = disassembly(engine_amx_image.id, "cpuinfer_ext", tmp_path)
     assert all(op in code for op in ("ldtilecfg", "tileloadd", "tdpbssd")), "no AMX tile instructions"
     assert "vdpbf16ps" in code and "%zmm" in code  # the AVX512-BF16 kernels the target's flags switch on
+    isa.skip_unless_runs_here(load_matrix().target("amx").requires)
     out = docker_client.containers.run(
         engine_amx_image.id, ["python", "-c", "import cpuinfer_ext; print(cpuinfer_ext.moe.AMXInt8_MOE, "
                                               "cpuinfer_ext.moe.AMXBF16_MOE)"],
@@ -136,7 +150,8 @@ def test_labels_match_the_target(engine_image, engine_amx_image):
         assert labels["org.opencontainers.image.version"] == line  # the tag, whatever the tree calls itself
         assert labels["ai.ktappliance.commit"] == commit
         assert labels["ai.ktappliance.numa"] == "false"
-        assert labels["ai.ktappliance.cuda"] == "13.0"
+        assert labels["ai.ktappliance.cuda"] == "12.4"
+        assert labels["ai.ktappliance.torch"] == {"v0.2.3": "2.5.1", "v0.3.2": "2.6.0"}[line]
         assert labels["ai.ktappliance.torch-cuda-arch-list"] == "9.0"
     assert engine_amx_image.labels["ai.ktappliance.bf16"] == "true"
     # BF16 weights only where the build has AVX512-BF16 kernels.
@@ -229,14 +244,80 @@ def test_flash_attn_plan_names_the_wheel_for_this_torch_and_estimates_a_compile(
     # it, and, where none matches, the archs and time of the compile it announces.
     container, host = start(docker_client, engine_image.id)
     try:
-        script = Path(__file__).resolve().parents[2] / "images/engine/build-flash-attn.sh"
-        subprocess.run(["docker", "cp", str(script), f"{container.id}:/tmp/build-flash-attn.sh"], check=True)
+        for script in ("build-flash-attn.sh", "flash-attn-wheel.py"):
+            path = Path(__file__).resolve().parents[2] / "images/engine" / script
+            subprocess.run(["docker", "cp", str(path), f"{container.id}:/tmp/{script}"], check=True)
         plan = host.check_output("KT_FLASH_ATTN=2.7.4.post1 TORCH_CUDA_ARCH_LIST='8.0;8.6;9.0+PTX' KT_JOBS=2 "
                                  "sh /tmp/build-flash-attn.sh --print-plan")
     finally:
         container.kill()
     values = dict(line.split(" ", 1) for line in plan.splitlines())
-    assert values["wheel"] == "flash_attn-2.7.4.post1+cu13torch2.14cxx11abiTRUE-cp311-cp311-linux_x86_64.whl"
+    # torch 2.5.1 from PyPI (CUDA 12.4, the pre-C++11 ABI) on this image's Python:
+    # a wheel flash-attn publishes, so a user's default build downloads it.
+    assert values["wheel"] == "flash_attn-2.7.4.post1+cu12torch2.5cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"
+    assert values["wheel"] in published("flash-attn-wheels.json")["wheels"]
     assert values["url"].startswith("https://github.com/Dao-AILab/flash-attention/releases/download/v2.7.4.post1/")
     assert "%2B" in values["url"] and values["archs"] == "80;90"
     assert int(values["estimate_minutes"]) == 85 * 6 * 2 // 2
+
+
+# ------------------------------------------------------------------ balance_serve (the v0.3.2 amx image)
+
+SERVE_LIBRARIES = ("sched_ext*.so", "libsched*.so", "libkvc2.so", "libasync_store.so", "libcache_entry.so",
+                   "libgpu_cache.so", "libcuda_stream_manager.so", "libpage_aligned_memory_pool.so",
+                   "libprometheus-cpp-*.so*")
+
+
+def test_balance_serve_loads_without_its_build_tree_or_a_compiler(engine_amx_image, docker_client):
+    labels = engine_amx_image.labels
+    assert labels["ai.ktappliance.backend"] == "balance_serve"
+    assert "v0.3.2-balance-serve-loopback.patch" in labels["ai.ktappliance.patches"]
+    env = dict(item.split("=", 1) for item in engine_amx_image.attrs["Config"]["Env"])
+    assert env["KT_BACKEND"] == "balance_serve"
+    isa.skip_unless_runs_here(load_matrix().target("amx").requires)
+    container, host = start(docker_client, engine_amx_image.id, GUARD_PASS)
+    try:
+        out = host.check_output("python /opt/ktappliance/engine/check-balance-serve.py /opt/venv/flashinfer-ops")
+        assert "sched_ext and its libraries load from" in out and "4 FlashInfer kernels load" in out, out
+        sched = extension(host, "sched_ext")
+        assert "[$ORIGIN:$ORIGIN/torch/lib]" in host.check_output(f"readelf -d {sched}")  # not the build tree
+        for name in ("libprometheus-cpp-core.so.1.3", "libprometheus-cpp-pull.so.1.3"):
+            assert host.file(f"{SITE}/{name}").exists, name
+        # The scheduler server's modules and the serve rules, AMX one included.
+        host.run_expect([0], "python -c 'import zmq, flashinfer, ktransformers.server.balance_serve.settings'")
+        rules = host.check_output(f"ls {SITE}/ktransformers/optimize/optimize_rules")
+        assert "DeepSeek-V3-Chat-serve.yaml" in rules and "DeepSeek-V3-Chat-serve-amx.yaml" in rules
+        assert not host.exists("nvcc") and not host.exists("g++") and not host.exists("ninja")
+        assert host.package("libaio1").is_installed
+    finally:
+        container.kill()
+
+
+def test_balance_serve_has_no_instruction_beyond_the_target(engine_amx_image, tmp_path):
+    # Upstream compiles the scheduler, the KV-cache service and PhotonLibOS
+    # with -march=native; the build gives them the target's flags instead.
+    libraries = copied_out(engine_amx_image.id, " ".join(f"{SITE}/{p}" for p in SERVE_LIBRARIES), tmp_path)
+    names = {path.name for path in libraries}
+    assert {"libkvc2.so", "libsched.so", "libasync_store.so"} <= names and any(n.startswith("sched_ext") for n in names)
+    required = set(load_matrix().target("amx").requires)
+    beyond = {path.name: isa.beyond_target(isa.disassemble(path), required) for path in libraries}
+    assert not any(beyond.values()), {name: found for name, found in beyond.items() if found}
+    used = set().union(*(isa.extensions_used(isa.disassemble(path)) for path in libraries))
+    assert "avx512f" in used  # compiled for the target, not for a baseline x86-64
+
+
+@pytest.mark.parametrize("image, environment, fragment", [
+    (ENGINE_TAG, {"KT_BACKEND": "balance_serve"}, "this image was built without it"),
+    (ENGINE_TAG, {"KT_BACKEND": "turbo"}, "KT_BACKEND=turbo: choose single or balance_serve"),
+    (ENGINE_AMX_TAG, {"KT_OPTIMIZE_RULE": "DeepSeek-V3-Chat-amx.yaml"}, "balance_serve needs a -serve rule"),
+    (ENGINE_AMX_TAG, {"KT_BACKEND": "single", "KT_OPTIMIZE_RULE": "DeepSeek-V3-Chat-serve.yaml"},
+     "KT_BACKEND=single needs a rule"),
+    (ENGINE_AMX_TAG, {"KT_CACHE_LENS": "lots"}, "KT_CACHE_LENS=lots: expected a whole number"),
+])
+def test_backend_settings_that_cannot_work_are_refused_in_one_line(engine_image, engine_amx_image, image,
+                                                                   environment, fragment):
+    done = subprocess.run(["docker", "run", "--rm", "-e", "KT_REQUIRED_FLAGS=avx2", "-e", "KT_MODEL_CHECK=0",
+                           *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")], image],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 5 and len(lines) == 1 and fragment in lines[0], done.stderr

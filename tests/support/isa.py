@@ -60,3 +60,20 @@ def extensions_used(code: str) -> dict[str, str]:
 def beyond_target(code: str, required: set[str]) -> dict[str, str]:
     """What the code uses that a CPU with only the target's flags lacks."""
     return {name: line for name, line in extensions_used(code).items() if name not in required}
+
+
+def lacking_here(required) -> list[str]:
+    """The flags of `required` this machine's CPU lacks: a test that runs a
+    target's code (not just reads it) can only run where this is empty."""
+    text = Path("/proc/cpuinfo").read_text()
+    line = next((l for l in text.splitlines() if re.match(r"\s*flags\s*:", l, re.I)), "")
+    have = set(line.split(":", 1)[-1].split())
+    return sorted(set(required) - have)
+
+
+def skip_unless_runs_here(required) -> None:
+    import pytest
+    lacking = lacking_here(required)
+    if lacking:
+        pytest.skip(f"this CPU lacks {' '.join(lacking)}: the target's code cannot run here "
+                    "(what can be read without running it is checked by the other tests)")

@@ -3,7 +3,9 @@
 # Test stand-in for nvidia/cuda:12.4.1-devel and -base (target runtime): the real images cannot be
 # pulled here and PyPI's CUDA 12 wheels carry no nvcc, so the CUDA 12.4.1
 # toolkit comes from Debian trixie's non-free nvidia-cuda-toolkit 12.4.131
-# (nvcc, cudafe++, ptxas, cicc) and nvidia-cuda-dev (headers, libraries),
+# (nvcc, cudafe++, ptxas, cicc) and nvidia-cuda-dev (headers, libraries;
+# libnvToolsExt too, which torch 2.6's CMake config links when a project,
+# like balance_serve, uses find_package(Torch)),
 # unpacked on bookworm into nvidia/cuda's layout (/usr/local/cuda with bin,
 # include, lib64, nvvm). Their nvcc takes bookworm's g++-12.
 ARG DEBIAN_IMAGE=kta-test/debian:bookworm
@@ -20,7 +22,7 @@ RUN mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list) \
     && mkdir -p /tmp/trixie-lists/partial /tmp/trixie-cache/archives/partial \
     && apt-get "$@" update -qq \
     && apt-get "$@" download -qq nvidia-cuda-toolkit nvidia-cuda-dev libcudart12 libnvvm4 libnvrtc12 \
-        libnvrtc-builtins12.4 libcub-dev libthrust-dev libcu++-dev \
+        libnvrtc-builtins12.4 libnvtoolsext1 libcub-dev libthrust-dev libcu++-dev \
     && for deb in ./*.deb; do dpkg -x "$deb" /opt/root; done \
     && rm -rf /opt/debs/* /tmp/trixie-lists /tmp/trixie-cache
 WORKDIR /usr/local/cuda-12.4
@@ -37,7 +39,7 @@ RUN src=/opt/root/usr \
     && cp -a "$src"/lib/x86_64-linux-gnu/libnvvm.so* nvvm/lib64/ \
     && mv "$src/include/nvvm.h" nvvm/include/ \
     && cp -a "$src/include" include \
-    && for lib in libcudart libnvrtc libnvrtc-builtins; do cp -a "$src/lib/x86_64-linux-gnu/$lib".so* lib64/; done \
+    && for lib in libcudart libnvrtc libnvrtc-builtins libnvToolsExt; do cp -a "$src/lib/x86_64-linux-gnu/$lib".so* lib64/; done \
     && cp -a "$src"/lib/x86_64-linux-gnu/libcudart_static.a "$src"/lib/x86_64-linux-gnu/libcudadevrt.a lib64/ \
     && cp -a "$src"/lib/x86_64-linux-gnu/stubs/. lib64/stubs/ \
     && ln -s lib64 lib \
