@@ -73,16 +73,18 @@ def _build_component(name: str, tag: str):
 
 def _build_lanes():
     """What the image and stack tiers build, in two lanes (support/prebuild.py):
-    the llama.cpp engine first (most test files run on it), then v0.3.2;
-    the API and Open-WebUI, then v0.2.3 and its NUMA variant (which reuses the
-    ccache the plain build fills)."""
+    v0.3.2 with balance_serve alone (the longest compile by far: two serial
+    Marlin files on CUDA 12.4, the scheduler, FlashInfer's kernels); in the
+    other, the llama.cpp engine first (most test files run on it), the API and
+    Open-WebUI, then v0.2.3 and its NUMA variant (which reuses the ccache the
+    plain build fills)."""
     from support import dockerenv
     return [
+        [("engine-amx", lambda: dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"),
+                                                   log_name="engine-amx"))],
         [("llamacpp", lambda: dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG),
                                                  log_name="llamacpp-avx2-cpu")),
-         ("engine-amx", lambda: dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"),
-                                                   log_name="engine-amx"))],
-        [("api", lambda: _build_component("api", API_TAG)),
+         ("api", lambda: _build_component("api", API_TAG)),
          ("webui", lambda: _build_component("webui", WEBUI_TAG)),
          ("engine-avx2", lambda: dockerenv.build_py(*engine_build_args(ENGINE_TAG), log_name="engine-avx2")),
          ("engine-avx2-numa", lambda: dockerenv.build_py(*engine_build_args(ENGINE_NUMA_TAG, numa=True),
