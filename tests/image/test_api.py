@@ -244,7 +244,9 @@ def gauges(url: str) -> dict[str, float]:
 
 def test_a_batch_engine_gets_its_batch_at_once_and_metrics_show_the_rest_queued(batch_stack):
     async def one(http, n, started):
-        body = {"model": "DeepSeek-R1", "stream": True, "max_tokens": 1500, "ignore_eos": True,
+        # Long enough (each slot holds 4096) that a loaded CI machine's start-up
+        # jitter cannot end one stream before the third has begun.
+        body = {"model": "DeepSeek-R1", "stream": True, "max_tokens": 3500, "ignore_eos": True,
                 "messages": [{"role": "user", "content": f"client {n}"}]}
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
