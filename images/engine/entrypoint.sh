@@ -13,6 +13,11 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 venv=${KT_VENV:-/opt/venv}
+# balance_serve starts its scheduler as `python3 .../sched_rpc.py`, whichever
+# python3 is first on PATH: it must be the engine's own, on every host (the
+# image sets this PATH; the AutoDL bundle and the GPU tier start from a shell).
+PATH="$venv/bin:$PATH"
+export PATH
 refuse() {
     echo "ktappliance: $1" >&2
     exit "${KT_REFUSAL_EXIT:-$2}"

@@ -189,8 +189,9 @@ def build_llamacpp(host: GpuHost, target: str) -> Path:
 class Service:
     """A process started in the background, its output in a log file."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path):
-        self.name, self.log = name, log
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
+                 side_logs: tuple[Path, ...] = ()):
+        self.name, self.log, self.side_logs = name, log, side_logs
         log.parent.mkdir(parents=True, exist_ok=True)
         self._out = log.open("w")
         self.started = time.monotonic()
@@ -198,7 +199,11 @@ class Service:
                                         start_new_session=True)
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        parts = ["\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])]
+        for side in self.side_logs:  # balance_serve's scheduler writes only to its own log
+            if side.is_file():
+                parts.append(f"--- {side}:\n" + "\n".join(side.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(parts)
 
     def wait_http(self, url: str, timeout: float) -> float:
         """Seconds from the start until url answers 200; fails with the log's end if the process dies or time runs out."""
@@ -235,7 +240,7 @@ def start_engine(host: GpuHost, install: EngineInstall, model: dict[str, Path], 
            "TRITON_CACHE_DIR": str(host.work / name / "triton-cache"), "PYTHONPATH": str(STANDIN),
            **(settings or {})}
     return Service(f"KTransformers {name}", ["sh", str(install.app / "engine" / "entrypoint.sh")], env,
-                   host.work / name / "engine.log")
+                   host.work / name / "engine.log", side_logs=(home / ".ktransformers" / "logs" / "rpc.log",))
 
 
 def start_api(work: Path, upstream: str, key: str, inflight: int = 1) -> tuple[Service, str]:

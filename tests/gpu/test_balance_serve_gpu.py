@@ -48,7 +48,7 @@ class Served:
         self.engine = gpuhost.start_engine(host, install, model, name=self.name, rule=rule, port=self.port,
                                            backend=backend, settings={**settings, "KT_HOST": "0.0.0.0"})
         try:
-            self.load_s = self.engine.wait_http(f"http://127.0.0.1:{self.port}/v1/models", 900)
+            self.load_s = self.engine.wait_http(f"http://127.0.0.1:{self.port}/v1/models", 480)
             self.api, self.url = gpuhost.start_api(host.work / self.name, f"http://127.0.0.1:{self.port}",
                                                    API_KEY, inflight=inflight)
         except BaseException:
