@@ -47,7 +47,7 @@ test-image: bases
 test-stack: bases browser
 	$(PY) -m pytest -q tests/stack
 
-test: bases browser  ## every tier: unit, image builds, the running stack
+test: lint bases browser  ## the linters, then every tier: unit, image builds, the running stack
 	$(PY) -m pytest -q tests/unit tests/image tests/stack
 
 # The GPU tier (tests/gpu): on a host with an NVIDIA GPU, nvcc and a CUDA torch
@@ -57,9 +57,13 @@ GPU_PY ?= $(PY)
 test-gpu: $(if $(filter $(PY),$(GPU_PY)),setup)  ## compile the engines here and serve a tiny DeepSeek on the GPU
 	$(GPU_PY) -m pytest -q -s tests/gpu $(PYTEST_ARGS)
 
-lint: setup  ## pyflakes on the code, hadolint on every shipped Dockerfile
+SHELL_SCRIPTS = git ls-files -- 'images/*.sh' 'tests/*.sh' .ci/run
+
+lint: setup  ## pyflakes on the code, shellcheck on every script, hadolint on every shipped Dockerfile
 	$(PY) -m pyflakes ktappliance tests bench build.py
-	$(VENV)/bin/hadolint images/api/Dockerfile images/webui/Dockerfile images/autodl/Dockerfile
+	command -v shellcheck >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+	$(SHELL_SCRIPTS) | xargs shellcheck -x
+	$(VENV)/bin/hadolint images/api/Dockerfile images/webui/Dockerfile images/autodl/Dockerfile tests/support/bases/*.Dockerfile
 	$(PY) build.py render --target avx2 --out build/lint >/dev/null
 	$(PY) build.py render --target amx --numa --out build/lint >/dev/null
 	$(PY) build.py render --engine llamacpp --target avx2 --cpu-only --out build/lint >/dev/null

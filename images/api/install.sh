@@ -17,5 +17,5 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 # KT_API_EXTRAS: "api" for the service; "api,autodl" adds supervisor.
-"$venv/bin/pip" install -q --progress-bar off "$src[${KT_API_EXTRAS:-api}]"
+"$venv/bin/pip" install -q --progress-bar off "${src}[${KT_API_EXTRAS:-api}]"
 "$venv/bin/python" -c "import ktappliance.api.app" && echo "install: API service ready in $venv"

@@ -45,8 +45,9 @@ set -a
 . "$KTA_HOME/webui/webui.env"
 set +a
 OPENAI_API_KEY=$(cat "$KTA_API_KEY_FILE")
+WEBUI_SECRET_KEY=$(cat "$KTA_CONFIG_DIR/webui_secret")
 export OPENAI_API_KEY OPENAI_API_BASE_URL="http://127.0.0.1:$KTA_API_PORT/v1" \
-    WEBUI_SECRET_KEY="$(cat "$KTA_CONFIG_DIR/webui_secret")" DATA_DIR="${DATA_DIR:-$KTA_DATA/webui}"
+    WEBUI_SECRET_KEY DATA_DIR="${DATA_DIR:-$KTA_DATA/webui}"
 mkdir -p "$DATA_DIR"
 if [ "$KTA_RUN_AS" != root ]; then
     # The services' own files: the API reads its key, Open-WebUI writes its

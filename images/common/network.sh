@@ -13,6 +13,7 @@ fi
 if [ -f /run/secrets/ca_cert ]; then
     KTA_CA_CERT=/run/secrets/ca_cert
 fi
+# shellcheck disable=SC2034  # apt-install.sh, which sources this file, reads KTA_APT_CA_OPT
 if [ -n "${KTA_CA_CERT:-}" ]; then
     export PIP_CERT="$KTA_CA_CERT" REQUESTS_CA_BUNDLE="$KTA_CA_CERT" SSL_CERT_FILE="$KTA_CA_CERT" \
         CURL_CA_BUNDLE="$KTA_CA_CERT" GIT_SSL_CAINFO="$KTA_CA_CERT"

@@ -9,7 +9,7 @@
 #      KTA_DEB_ROOT (where WHEEL_DIR/debs/*.deb are unpacked; default /tmp/kta-debroot)
 set -eu
 cd "$(dirname "$0")/../.."
-mode=test
+mode="test"
 if [ "${1:-}" = --compile ]; then mode=compile; shift; fi
 wheels=""
 while [ $# -gt 0 ] && [ "$1" != -- ]; do wheels="$wheels $(cd "$1" && pwd)"; shift; done
