@@ -17,6 +17,7 @@ import pytest
 from ktappliance.api import errors
 from ktappliance.api.metrics import Metrics
 from ktappliance.api.proxy import Exchange
+from support.apiservice import running_api
 from support.netwait import free_port
 
 KEY = "test-key"
@@ -24,21 +25,9 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def api():
-    port, engine_port = free_port(), free_port()
-    env = {**os.environ, "KTA_UPSTREAM": f"http://127.0.0.1:{engine_port}", "KTA_API_KEYS": KEY,
-           "KTA_READ_TIMEOUT": "2", "KTA_MAX_CONNECTIONS": "40"}
-    process = subprocess.Popen([sys.executable, "-m", "ktappliance.api", "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "warning"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+    with running_api({"KTA_UPSTREAM": f"http://127.0.0.1:{free_port()}", "KTA_API_KEYS": KEY,
+                      "KTA_READ_TIMEOUT": "2", "KTA_MAX_CONNECTIONS": "40"}) as (_, base):
+        yield base
 
 
 def post(base, raw: bytes, path="/v1/chat/completions"):

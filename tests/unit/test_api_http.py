@@ -12,12 +12,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import zlib
 
 import httpx
 import pytest
 
+from support.apiservice import running_api
 from support.netwait import free_port
 
 from conftest import run_cli
@@ -59,30 +59,16 @@ def serve_engine(port: int) -> threading.Thread:
     return thread
 
 
-def start_api(extra: dict | None = None, engine_port: int | None = None):
-    port = free_port()
-    env = {**os.environ, "KTA_UPSTREAM": f"http://127.0.0.1:{engine_port or free_port()}", "KTA_API_KEYS": KEY,
-           **(extra or {})}
-    process = subprocess.Popen([sys.executable, "-m", "ktappliance.api", "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "info"], env=env, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    return process, base
+def api_env(engine_port: int | None = None, **extra: str) -> dict[str, str]:
+    return {"KTA_UPSTREAM": f"http://127.0.0.1:{engine_port or free_port()}", "KTA_API_KEYS": KEY, **extra}
 
 
 @pytest.fixture(scope="module")
 def api():
     engine_port = free_port()
     serve_engine(engine_port)
-    process, base = start_api({"KTA_CORS_ORIGINS": "https://chat.example.com"}, engine_port)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+    with running_api(api_env(engine_port, KTA_CORS_ORIGINS="https://chat.example.com"), log_level="info") as (_, base):
+        yield base
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -164,14 +150,10 @@ def test_cors_preflight_is_answered_and_closed_to_unnamed_origins(api):
 
 
 def test_cors_stays_closed_without_the_setting():
-    process, base = start_api()
-    try:
+    with running_api(api_env()) as (_, base):
         answer = httpx.options(f"{base}/v1/models", headers={"Origin": "http://localhost:5173",
                                                              "Access-Control-Request-Method": "GET"})
-        assert answer.status_code == 403 and answer.json()["error"]["code"] == "cors_origin_not_allowed"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "cors_origin_not_allowed"
 
 
 @pytest.mark.parametrize("origins", ["chat.example.com", "ftp://x", "https://a.example/path"])

@@ -3,15 +3,11 @@ the real API service with no engine behind it (every request answered 503).
 The stack tier runs it against a serving stack."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from ktappliance.loadbench import Outcome, percentile, summarise
+from support.apiservice import running_api
 from support.netwait import free_port
 
 from conftest import assert_one_line_error, run_cli
@@ -53,20 +49,8 @@ def test_bad_input_is_one_line(args, fragment):
 
 @pytest.fixture(scope="module")
 def api_without_engine():
-    port = free_port()
-    env = {**os.environ, "KTA_UPSTREAM": f"http://127.0.0.1:{free_port()}", "KTA_API_KEYS": "bench-key"}
-    process = subprocess.Popen([sys.executable, "-m", "ktappliance.api", "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_api({"KTA_UPSTREAM": f"http://127.0.0.1:{free_port()}", "KTA_API_KEYS": "bench-key"}) as (_, url):
+        yield url
 
 
 def test_engine_down_is_counted_not_crashed(api_without_engine, tmp_path):
