@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli
+from support.buildpy import REPO, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.image
 BUILD = ["--target", "avx2", "--no-configure"]

@@ -15,7 +15,7 @@ import openai
 import pytest
 import testinfra
 
-from conftest import REPO, run_cli
+from support.buildpy import REPO, run_cli
 from support.stack import compose, container, memlock_limit, signin
 
 pytestmark = pytest.mark.stack

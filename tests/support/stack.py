@@ -83,7 +83,7 @@ def wait_healthy(url: str, timeout: float = 120) -> None:
 
 def run_stack(split_model_dir: Path, tmp_path_factory):
     """Configure and start the stack; yields its settings and URLs, then takes it down."""
-    from conftest import run_cli
+    from support.buildpy import run_cli
     model_dir = tmp_path_factory.mktemp("stack-models")
     (model_dir / "gguf").mkdir()
     shutil.copytree(split_model_dir, model_dir / "gguf" / split_model_dir.name)

@@ -154,7 +154,7 @@ def test_bad_settings_are_refused_at_start_with_one_line(name, value):
 
 def test_compose_and_code_share_one_stall_default():
     from ktappliance.api.config import ApiConfig
-    from conftest import REPO
+    from support.buildpy import REPO
     compose = (REPO / "compose/docker-compose.yml").read_text()
     assert f"KTA_STALL_TIMEOUT: ${{API_STALL_TIMEOUT:-{ApiConfig.stall_timeout:g}}}" in compose
 

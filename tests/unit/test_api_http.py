@@ -20,7 +20,7 @@ import pytest
 from support.apiservice import running_api
 from support.netwait import free_port
 
-from conftest import run_cli
+from support.buildpy import run_cli
 
 KEY = "http-key"
 SSE = b"".join(b'data: {"id":"c","object":"chat.completion.chunk","model":"DeepSeek-R1","choices":[{"index":0,'

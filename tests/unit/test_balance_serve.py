@@ -18,7 +18,7 @@ from ktappliance.plan import make_plan
 from ktappliance.render import render
 from support import isa
 
-from conftest import REPO, assert_one_line_error, run_cli
+from support.buildpy import REPO, assert_one_line_error, run_cli
 
 MATRIX = load_matrix()
 PATCHES = REPO / "images" / "engine" / "patches"

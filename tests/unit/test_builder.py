@@ -5,7 +5,7 @@ import pytest
 
 from ktappliance.builder import pull_failure
 
-from conftest import run_cli
+from support.buildpy import run_cli
 
 # What BuildKit (Docker 20.10) printed here for a FROM whose registry has no
 # route (recorded on this machine), and the wording registries use for the

@@ -4,7 +4,7 @@ runs them for real)."""
 
 import yaml
 
-from conftest import REPO
+from support.buildpy import REPO
 
 COMPOSE = REPO / "compose"
 

@@ -8,7 +8,7 @@ from ktappliance.matrix import load_matrix
 from ktappliance.probe import parse_lscpu, probe_directory
 from ktappliance.recommend import recommend
 
-from conftest import assert_one_line_error, run_cli
+from support.buildpy import assert_one_line_error, run_cli
 
 # capture -> (target, numa, sockets, numa nodes). Targets follow the flags
 # columns of SOURCES.md (Zen 4/5 and SPR without AMX: avx512bf16; Cascade

@@ -11,7 +11,7 @@ import pytest
 from support.hubserver import Hub
 from support.tiny_gguf import write_model
 
-from conftest import assert_one_line_error, run_cli
+from support.buildpy import assert_one_line_error, run_cli
 
 
 @pytest.fixture

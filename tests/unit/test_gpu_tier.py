@@ -14,7 +14,7 @@ from ktappliance.modelcheck import check_model
 from ktappliance.matrix import load_matrix, supported_types
 from support import tiny_deepseek
 
-from conftest import REPO
+from support.buildpy import REPO
 
 MATRIX = load_matrix()
 

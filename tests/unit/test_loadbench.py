@@ -10,7 +10,7 @@ from ktappliance.loadbench import Outcome, percentile, summarise
 from support.apiservice import running_api
 from support.netwait import free_port
 
-from conftest import assert_one_line_error, run_cli
+from support.buildpy import assert_one_line_error, run_cli
 
 
 def test_percentiles_are_nearest_rank():

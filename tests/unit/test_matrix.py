@@ -5,7 +5,7 @@ import pytest
 from ktappliance.errors import ApplianceError
 from ktappliance.matrix import load_matrix
 
-from conftest import assert_one_line_error, run_cli
+from support.buildpy import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

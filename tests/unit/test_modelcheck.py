@@ -14,7 +14,7 @@ from ktappliance.matrix import supported_types
 from ktappliance.modelcheck import TYPES, check_model
 from support.tiny_gguf import write_model
 
-from conftest import run_cli
+from support.buildpy import run_cli
 
 
 @pytest.fixture

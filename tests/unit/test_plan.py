@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from support.buildpy import assert_one_line_error, run_cli
 
 GIB_KB = 1024 * 1024
 

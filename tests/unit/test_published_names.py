@@ -11,7 +11,7 @@ import pytest
 
 from ktappliance.matrix import load_matrix
 
-from conftest import REPO
+from support.buildpy import REPO
 
 MATRIX = load_matrix()
 PUBLISHED = REPO / "tests" / "fixtures" / "published"

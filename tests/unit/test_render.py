@@ -15,7 +15,7 @@ from ktappliance.matrix import load_matrix
 from ktappliance.plan import make_plan
 from ktappliance.render import render
 
-from conftest import REPO, assert_one_line_error, run_cli
+from support.buildpy import REPO, assert_one_line_error, run_cli
 
 MATRIX = load_matrix()
 COMBOS = [(t, l, c, numa) for t, l, c in MATRIX.valid_combinations() for numa in (False, True)]

@@ -5,7 +5,7 @@ import pytest
 from ktappliance.errors import ApplianceError
 from ktappliance.stackenv import StackSettings, read_env, write_stack_env
 
-from conftest import run_cli
+from support.buildpy import run_cli
 
 
 def settings(tmp_path, **overrides):

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from conftest import REPO
+from support.buildpy import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "gpu"))
 import wheelhouse  # noqa: E402
