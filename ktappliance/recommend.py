@@ -8,7 +8,7 @@ from .matrix import Matrix
 from .probe import HostFacts
 
 # The smallest DeepSeek-R1 GGUF in the catalogue (Unsloth UD-IQ1_S, ~131 GiB
-# in three shards, FIELD-NOTES §2). NUMA mode copies the weights once per
+# in three shards, Unsloth's file listing; see models.yaml). NUMA mode copies the weights once per
 # node (upstream #321, #1147), so it only pays when every copy fits.
 SMALLEST_R1_GIB = 131
 

@@ -1,6 +1,6 @@
 """`build.py plan`: will this model run on this host, and with which settings.
 
-Figures it relies on (FIELD-NOTES §1, read from upstream):
+Figures it relies on (read from kvcache-ai/ktransformers, issues by number):
 - KTransformers keeps the GGUF weights in RAM; Q4_K_M (377 GB) needs about
   382 GB of DRAM on one socket: weights + ~5 GB.
 - With USE_NUMA the weights are copied once per NUMA node (upstream #321,
