@@ -219,7 +219,9 @@ def _bundle_settings(plan) -> dict[str, str]:
         target = plan.target
         values = {"LLAMA_TAG": plan.llamacpp.tag, "LLAMA_COMMIT": plan.llamacpp.commit,
                   "LLAMA_CPU_CMAKE": " ".join(target.llamacpp_cmake),
-                  "LLAMA_CUDA_ARCHS": plan.cuda_architectures if plan.cuda else ""}
+                  "LLAMA_CUDA_ARCHS": plan.cuda_architectures if plan.cuda else "",
+                  "LLAMA_APT_BUILD": " ".join(plan.llamacpp.apt_build),
+                  "LLAMA_APT_RUNTIME": " ".join(plan.llamacpp.apt_runtime)}
     else:
         target = plan.selection.target
         # The values the image is built and stamped with, from the same plan.

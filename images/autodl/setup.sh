@@ -44,8 +44,10 @@ case "$KTA_ENGINE" in
             step "llama.cpp already built"
         else
             step "llama.cpp $LLAMA_TAG for $KTA_TARGET (compiles for several minutes)"
-            "$home/common/apt-install.sh" build-essential cmake ninja-build ccache git ca-certificates \
-                libgomp1 curl python3 python3-venv
+            # The image's own package lists (targets.yaml, through the bundle's
+            # settings); python3-venv for the API service's venv.
+            # shellcheck disable=SC2086  # word-split lists of package names
+            "$home/common/apt-install.sh" $LLAMA_APT_BUILD $LLAMA_APT_RUNTIME python3-venv
             source=${LLAMA_SOURCE:-}
             [ -n "$source" ] || source=https://github.com/ggml-org/llama.cpp.git
             [ ! -f "$here/sources/llamacpp.tar.gz" ] || source="$here/sources/llamacpp.tar.gz"

@@ -263,3 +263,16 @@ def test_the_autodl_bundle_carries_the_values_the_image_is_built_and_stamped_wit
     for key, value in {**plan.compile_env(), **plan.install_env(), **plan.runtime_env()}.items():
         assert values[key] == value, key
     assert values["KT_BALANCE_SERVE"] == "1" and values["KT_BACKEND"] == "balance_serve"
+
+
+def test_the_llamacpp_bundle_installs_the_images_package_lists(tmp_path):
+    done = run_cli("--engine", "llamacpp", "--target", "avx2", "--cpu-only", "--autodl", "--bundle", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(next((tmp_path / "autodl").glob("*.tar.gz"))) as tar:
+        text = tar.extractfile("ktappliance-autodl/bundle.env").read().decode()
+        setup = tar.extractfile("ktappliance-autodl/setup.sh").read().decode()
+    import shlex
+    values = {k: shlex.split(v)[0] if v else "" for k, _, v in (line.partition("=") for line in text.splitlines())}
+    assert values["LLAMA_APT_BUILD"].split() == list(MATRIX.llamacpp.apt_build)
+    assert values["LLAMA_APT_RUNTIME"].split() == list(MATRIX.llamacpp.apt_runtime)
+    assert "apt-install.sh\" $LLAMA_APT_BUILD $LLAMA_APT_RUNTIME" in setup
