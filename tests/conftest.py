@@ -33,6 +33,30 @@ from support.settings import (API_TAG, ENGINE_AMX_TAG, ENGINE_NUMA_TAG, ENGINE_T
                               WEBUI_TAG, engine_build_args)
 
 
+IMAGE_TAGS = {"engine-amx": ENGINE_AMX_TAG, "llamacpp": LLAMACPP_TAG, "api": API_TAG, "webui": WEBUI_TAG,
+              "engine-avx2": ENGINE_TAG, "engine-avx2-numa": ENGINE_NUMA_TAG}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--image", action="append", default=[], metavar="NAME=TAG",
+                     help="test an image you already built instead of building one; NAME is one of "
+                          f"{', '.join(IMAGE_TAGS)}; may be given once per NAME")
+
+
+def pytest_configure(config):
+    given_images(config)  # a bad --image stops the run before anything is built
+
+
+def given_images(config) -> dict[str, str]:
+    given = {}
+    for value in config.getoption("--image"):
+        name, _, tag = value.partition("=")
+        if name not in IMAGE_TAGS or not tag:
+            raise pytest.UsageError(f"--image {value}: expected NAME=TAG with NAME one of {', '.join(IMAGE_TAGS)}")
+        given[name] = tag
+    return given
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     from support import dockerenv
@@ -83,7 +107,14 @@ def prebuilt_images(request):
         request.getfixturevalue("bases")
     except (pytest.skip.Exception, pytest.fail.Exception):
         return  # no Docker: the image fixtures fail (CI) or skip in their own tests, not here
-    prebuild.start(_build_lanes())
+    given = given_images(request.config)
+
+    def use_given(name: str):
+        # The tests name images by their test tags: the user's image gets that tag too.
+        from support import dockerenv
+        return dockerenv.tag_existing(given[name], IMAGE_TAGS[name])
+    prebuild.start([[(name, (lambda name=name: use_given(name)) if name in given else build) for name, build in lane]
+                    for lane in _build_lanes()])
 
 
 def _image(name: str, tag: str, docker_client):

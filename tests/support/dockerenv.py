@@ -107,6 +107,15 @@ def build_py(*args: str, log_name: str) -> float:
     return run_logged([*build_py_argv(), *args], log_name)
 
 
+def tag_existing(image: str, test_tag: str) -> None:
+    """An image built elsewhere (--image), tagged as the tests name it."""
+    import docker
+    try:
+        docker_client().images.get(image).tag(test_tag)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"--image: no image {image} on this Docker engine", pytrace=False)
+
+
 def published_port(container, port: str) -> int:
     container.reload()
     return int(container.ports[port][0]["HostPort"])

@@ -46,3 +46,4 @@ def test_readme_target_table_matches_targets_yaml():
 def test_flag_shorthand_expands_as_the_table_means():
     assert expand("avx512f/bw/dq/vl") == {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
     assert expand("avx512_vpopcntdq amx_tile/int8/bf16") == {"avx512_vpopcntdq", "amx_tile", "amx_int8", "amx_bf16"}
+

@@ -1,0 +1,14 @@
+"""The test suite's own options (tests/conftest.py)."""
+
+import subprocess
+import sys
+
+from support.buildpy import REPO
+
+
+def test_a_bad_image_option_stops_the_run_with_one_line():
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "--image", "enigne-avx2=mine:1",
+                           "tests/unit/test_readme_tables.py", "-k", "shorthand"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "--image enigne-avx2=mine:1: expected NAME=TAG with NAME one of engine-amx" in done.stderr
