@@ -10,8 +10,8 @@ from pathlib import Path
 from . import __version__, builder, detect, loadbench, modelcli, probe, recommend, stackcli
 from .paths import IMAGES_DIR, REPO_ROOT
 from .errors import ApplianceError
-from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, load_matrix
-from .plan import FLASH_ATTN_MODES, LlamaCppPlan, NetworkOptions, make_llamacpp_plan, make_plan
+from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, load_matrix
+from .plan import FLASH_ATTN_MODES, NetworkOptions, make_llamacpp_plan, make_plan
 from .render import context_name, render
 
 SUBCOMMANDS = ("build", "detect", "render", "api", "webui", "model", "plan", "configure", "up", "down", "status",
@@ -155,8 +155,7 @@ def _network_from_args(args) -> NetworkOptions:
     return network
 
 
-def _plan_from_args(args):
-    matrix = load_matrix(Path(args.targets_file))
+def _plan_from_args(args, matrix: Matrix):
     target, numa = args.target, args.numa
     if target == "auto":
         rec = recommend.recommend(probe.probe_live(), matrix)
@@ -194,55 +193,27 @@ def _plan_from_args(args):
 
 
 def cmd_render(args) -> int:
-    plan = _plan_from_args(args)
+    plan = _plan_from_args(args, load_matrix(Path(args.targets_file)))
     ctx = render(plan, Path(args.out))
     print(f"rendered {plan.image_tag} -> {ctx.directory}")
     return 0
 
 
-def _build_args(plan) -> dict[str, str]:
-    """The Dockerfile's ARG defaults stay the real images; the plan's choices are
-    passed explicitly so that the saved command replays exactly this build."""
-    build_args = {}
-    if isinstance(plan, LlamaCppPlan):
-        build_args["BUILD_IMAGE"] = plan.build_image
-        build_args["RUNTIME_IMAGE"] = plan.runtime_image
-    else:
-        build_args["CUDA_DEVEL_IMAGE"] = plan.devel_image
-        build_args["CUDA_RUNTIME_IMAGE"] = plan.runtime_image
-    return build_args
-
-
-def _bundle_settings(plan) -> dict[str, str]:
-    matrix = load_matrix()
-    if isinstance(plan, LlamaCppPlan):
-        target = plan.target
-        values = {"LLAMA_TAG": plan.llamacpp.tag, "LLAMA_COMMIT": plan.llamacpp.commit,
-                  "LLAMA_CPU_CMAKE": " ".join(target.llamacpp_cmake),
-                  "LLAMA_CUDA_ARCHS": plan.cuda_architectures if plan.cuda else "",
-                  "LLAMA_APT_BUILD": " ".join(plan.llamacpp.apt_build),
-                  "LLAMA_APT_RUNTIME": " ".join(plan.llamacpp.apt_runtime)}
-    else:
-        target = plan.selection.target
-        # The values the image is built and stamped with, from the same plan.
-        values = {**plan.compile_env(), **plan.install_env(), **plan.runtime_env()}
-    values.update({"KTA_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
-                   "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(getattr(plan, "jobs", 2))})
+def _bundle_settings(plan, matrix: Matrix) -> dict[str, str]:
+    values = {**plan.bundle_settings(), "KTA_TARGET": plan.target.name, "KT_REQUIRED_FLAGS": " ".join(plan.target.requires),
+              "WEBUI_VERSION": matrix.stack.webui_version, "KTA_JOBS": str(plan.jobs)}
     return {k: shlex.quote(v) for k, v in values.items()}
 
 
-def cmd_bundle(args, plan) -> int:
+def cmd_bundle(args, plan, matrix: Matrix) -> int:
     from . import autodl
-    llama = isinstance(plan, LlamaCppPlan)
-    kind = "llamacpp" if llama else "ktransformers"
-    source = args.llamacpp_src if llama else args.ktransformers_src
-    target = plan.target.name if llama else plan.selection.target.name
+    source = {"llamacpp": args.llamacpp_src, "ktransformers": args.ktransformers_src}[plan.engine]
     if args.dry_run:
-        print(f"# write the AutoDL bundle for {kind} {target} into {Path(args.out) / 'autodl'}")
+        print(f"# write the AutoDL bundle for {plan.engine} {plan.target.name} into {Path(args.out) / 'autodl'}")
         return 0
-    bundle = autodl.write_bundle(Path(args.out) / "autodl", engine=kind, target=target,
-                                 settings=_bundle_settings(plan),
-                                 extra_files=autodl.copy_source_into(source, kind))
+    bundle = autodl.write_bundle(Path(args.out) / "autodl", engine=plan.engine, target=plan.target.name,
+                                 settings=_bundle_settings(plan, matrix),
+                                 extra_files=autodl.copy_source_into(source, plan.engine))
     print(f"wrote {bundle}: copy it to the instance, then: tar xzf {bundle.name} && sh ktappliance-autodl/setup.sh")
     return 0
 
@@ -250,15 +221,16 @@ def cmd_bundle(args, plan) -> int:
 def cmd_build(args) -> int:
     if (args.export or args.bundle) and not args.autodl:
         raise ApplianceError("--export and --bundle go with --autodl")
-    plan = _plan_from_args(args)
+    matrix = load_matrix(Path(args.targets_file))
+    plan = _plan_from_args(args, matrix)
     if args.bundle:
-        return cmd_bundle(args, plan)
+        return cmd_bundle(args, plan, matrix)
     cli = dry_run_cli() if args.dry_run else builder.find_buildkit_cli()
     context = Path(args.out) / context_name(plan.image_tag)
     secret_env = plan.network.secret_env()
     secrets = _secrets(plan.network, context)
     command = builder.build_command(cli, context=context, tag=plan.image_tag,
-                                    build_args=_build_args(plan), secrets=secrets)
+                                    build_args=plan.build_args(), secrets=secrets)
     if args.dry_run:
         print(f"# render {plan.image_tag} into {context}")
         print(command.shell_line())
@@ -269,13 +241,12 @@ def cmd_build(args) -> int:
     builder.write_secret_env(ctx.directory, secret_env)
     replay = builder.save_replay(ctx.directory, command)
     print(f"building {plan.image_tag} from {ctx.directory} (replay: {replay})", file=sys.stderr)
-    builder.run(command, images=_base_images(plan))
+    builder.run(command, images=plan.base_images())
     print(f"built {plan.image_tag}")
     if args.autodl:
         from . import autodl
-        kind = "llamacpp" if isinstance(plan, LlamaCppPlan) else "ktransformers"
-        aio, aio_command = autodl.build_aio(cli, engine=kind, engine_image=plan.image_tag,
-                                            webui_version=load_matrix().stack.webui_version,
+        aio, aio_command = autodl.build_aio(cli, engine=plan.engine, engine_image=plan.image_tag,
+                                            webui_version=matrix.stack.webui_version,
                                             secrets=secrets, state_dir=Path(args.out) / "autodl")
         print(f"building {aio}", file=sys.stderr)
         builder.run(aio_command)
@@ -285,14 +256,8 @@ def cmd_build(args) -> int:
             archive = autodl.export_image(aio, Path(args.out) / "autodl")
             print(f"exported {archive} (+ .sha256, manifest)")
     if not args.no_configure:
-        llama = isinstance(plan, LlamaCppPlan)
-        target = plan.target.name if llama else plan.selection.target.name
-        numa = False if llama else plan.selection.numa
-        path = stackcli.configure_stack(args, load_matrix(Path(args.targets_file)),
-                                        engine="llamacpp" if llama else "ktransformers",
-                                        engine_image=plan.image_tag, target=target, numa=numa,
-                                        line_name=None if llama else plan.selection.line.name,
-                                        backend=None if llama else plan.selection.backend,
+        path = stackcli.configure_stack(args, matrix, engine=plan.engine, engine_image=plan.image_tag,
+                                        target=plan.target.name, numa=plan.numa, selection=plan.selection,
                                         facts=probe.host_facts())
         print(f"wrote {path}; start the stack with: {stackcli.start_hint(path)}")
     return 0
@@ -306,12 +271,6 @@ def dry_run_cli() -> builder.BuildKitCli:
     except ApplianceError as exc:
         print(f"# {exc}; showing the `docker buildx build` form", file=sys.stderr)
         return builder.BuildKitCli("docker", uses_buildx=True)
-
-
-def _base_images(plan) -> dict[str, str]:
-    if isinstance(plan, LlamaCppPlan):
-        return {"--base-image": plan.build_image, "--runtime-base-image": plan.runtime_image}
-    return {"--base-image": plan.devel_image, "--runtime-base-image": plan.runtime_image}
 
 
 def _secrets(network: NetworkOptions, secret_dir: Path) -> dict[str, Path]:

@@ -77,6 +77,10 @@ class NetworkOptions:
 
 @dataclass(frozen=True)
 class BuildPlan:
+    """A KTransformers engine image. What differs from a llama.cpp image is
+    answered here and on LlamaCppPlan under the same names."""
+
+    engine = "ktransformers"
     selection: Selection
     source: SourceSpec
     cuda_arch_list: str
@@ -87,6 +91,26 @@ class BuildPlan:
     network: NetworkOptions = field(default_factory=NetworkOptions)
     image_tag: str = ""
     cache_namespace: str = ""
+
+    @property
+    def target(self) -> Target:
+        return self.selection.target
+
+    @property
+    def numa(self) -> bool:
+        return self.selection.numa
+
+    def build_args(self) -> dict[str, str]:
+        """The Dockerfile's base-image ARGs, passed explicitly so that the saved command replays this build."""
+        return {"CUDA_DEVEL_IMAGE": self.devel_image, "CUDA_RUNTIME_IMAGE": self.runtime_image}
+
+    def base_images(self) -> dict[str, str]:
+        """The base images by the option that names them (for a failed pull's message)."""
+        return {"--base-image": self.devel_image, "--runtime-base-image": self.runtime_image}
+
+    def bundle_settings(self) -> dict[str, str]:
+        """The values the image is built and stamped with, for the AutoDL bundle's native build."""
+        return {**self.compile_env(), **self.install_env(), **self.runtime_env()}
 
     @property
     def flash_attn_pin(self) -> str:
@@ -167,6 +191,9 @@ class BuildPlan:
 class LlamaCppPlan:
     """A llama.cpp server image: one CPU target, CUDA or CPU-only."""
 
+    engine = "llamacpp"
+    selection = None  # no KTransformers line, backend or NUMA choice
+    numa = False
     target: Target
     llamacpp: LlamaCpp
     cuda: CudaBase | None
@@ -178,6 +205,19 @@ class LlamaCppPlan:
     network: NetworkOptions = field(default_factory=NetworkOptions)
     image_tag: str = ""
     cache_namespace: str = ""
+
+    def build_args(self) -> dict[str, str]:
+        return {"BUILD_IMAGE": self.build_image, "RUNTIME_IMAGE": self.runtime_image}
+
+    def base_images(self) -> dict[str, str]:
+        return {"--base-image": self.build_image, "--runtime-base-image": self.runtime_image}
+
+    def bundle_settings(self) -> dict[str, str]:
+        return {"LLAMA_TAG": self.llamacpp.tag, "LLAMA_COMMIT": self.llamacpp.commit,
+                "LLAMA_CPU_CMAKE": " ".join(self.target.llamacpp_cmake),
+                "LLAMA_CUDA_ARCHS": self.cuda_architectures if self.cuda else "",
+                "LLAMA_APT_BUILD": " ".join(self.llamacpp.apt_build),
+                "LLAMA_APT_RUNTIME": " ".join(self.llamacpp.apt_runtime)}
 
     def labels(self) -> dict[str, str]:
         return {

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import probe, recommend
 from .catalogue import model_entry
 from .errors import ApplianceError, DockerError
-from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, load_matrix
+from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, Selection, load_matrix
 from .paths import COMPOSE_DIR
 from .probe import HostFacts
 from .sizing import MAX_NEW_TOKENS, plan_fit
@@ -46,10 +46,10 @@ ENGINE_SETTINGS = (("KT_CPU_INFER", "cpu_infer"), ("KT_CACHE_LENS", "cache_lens"
 
 
 def configure_stack(args, matrix: Matrix, *, engine: str, engine_image: str, target: str | None,
-                    numa: bool, facts: HostFacts, line_name: str | None = None, backend: str | None = None) -> Path:
+                    numa: bool, facts: HostFacts, selection: Selection | None = None) -> Path:
+    """compose/.env for an engine image; selection: the KTransformers build it holds (None for llama.cpp)."""
     entry = model_entry(args.model)
     quant = entry.quant(args.quant)
-    selection = matrix.select(target, line_name, None, numa, backend) if engine == "ktransformers" and target else None
     backend = selection.backend if selection else "single"
     if args.max_new_tokens < 1:
         raise ApplianceError(f"--max-new-tokens {args.max_new_tokens}: must be 1 or more")
@@ -118,15 +118,16 @@ def cmd_configure(args) -> int:
     if target is None:
         raise ApplianceError("no supported target for this CPU (it needs AVX2 and FMA)")
     numa = rec.numa if args.numa is None else args.numa
+    selection = matrix.select(target, args.line, None, numa, args.backend) if args.engine == "ktransformers" else None
     image = args.engine_image
     if not image:
-        if args.engine == "llamacpp":
+        if selection is None:
             cuda = None if args.cpu_only else matrix.lines[matrix.targets[target].default_line].default_cuda
             image = matrix.llamacpp.image_tag(target, cuda)
         else:
-            image = matrix.select(target, args.line, None, numa, args.backend).image_tag
+            image = selection.image_tag
     path = configure_stack(args, matrix, engine=args.engine, engine_image=image, target=target, numa=numa,
-                           line_name=args.line, backend=args.backend, facts=facts)
+                           selection=selection, facts=facts)
     print(f"wrote {path} (mode 0600); start the stack with: {start_hint(path)}")
     return 0
 
