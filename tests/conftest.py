@@ -117,40 +117,22 @@ def prebuilt_images(request):
                     for lane in _build_lanes()])
 
 
-def _image(name: str, tag: str, docker_client):
-    from support import prebuild
-    prebuild.wait(name)  # started by prebuilt_images, which every image fixture's `bases` follows
-    return docker_client.images.get(tag)
+def _image_fixture(name: str):
+    """A session fixture: the image built by its prebuild lane (or given with --image)."""
+    @pytest.fixture(scope="session")
+    def image(bases, docker_client):
+        from support import prebuild
+        prebuild.wait(name)  # started by prebuilt_images, which every image fixture's `bases` follows
+        return docker_client.images.get(IMAGE_TAGS[name])
+    return image
 
 
-@pytest.fixture(scope="session")
-def llamacpp_image(bases, docker_client):
-    return _image("llamacpp", LLAMACPP_TAG, docker_client)
-
-
-@pytest.fixture(scope="session")
-def api_image(bases, docker_client):
-    return _image("api", API_TAG, docker_client)
-
-
-@pytest.fixture(scope="session")
-def webui_image(bases, docker_client):
-    return _image("webui", WEBUI_TAG, docker_client)
-
-
-@pytest.fixture(scope="session")
-def engine_image(bases, docker_client):
-    return _image("engine-avx2", ENGINE_TAG, docker_client)
-
-
-@pytest.fixture(scope="session")
-def engine_numa_image(engine_image, docker_client):
-    return _image("engine-avx2-numa", ENGINE_NUMA_TAG, docker_client)
-
-
-@pytest.fixture(scope="session")
-def engine_amx_image(bases, docker_client):
-    return _image("engine-amx", ENGINE_AMX_TAG, docker_client)
+llamacpp_image = _image_fixture("llamacpp")
+api_image = _image_fixture("api")
+webui_image = _image_fixture("webui")
+engine_image = _image_fixture("engine-avx2")
+engine_numa_image = _image_fixture("engine-avx2-numa")
+engine_amx_image = _image_fixture("engine-amx")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -20,28 +21,36 @@ pytestmark = pytest.mark.image
 KEY = "test-key-" + uuid.uuid4().hex[:8]
 
 
-@pytest.fixture(scope="module")
-def stack(api_image, llamacpp_image, docker_client, tiny_models):
+@contextmanager
+def api_before_llamacpp(docker_client, tiny_models, name: str, engine_env: dict, api_env: dict):
+    """The API image in front of the llama.cpp image on a network of their own;
+    yields both containers and the API's published URL."""
     suffix = uuid.uuid4().hex[:6]
-    network = docker_client.networks.create(f"kta-api-test-{suffix}", internal=False)
+    network = docker_client.networks.create(f"kta-{name}-test-{suffix}")
     engine = docker_client.containers.run(
-        LLAMACPP_TAG, detach=True, name=f"kta-engine-{suffix}", network=network.name,
+        LLAMACPP_TAG, detach=True, name=f"kta-{name}-engine-{suffix}", network=network.name,
         volumes={str(tiny_models["dir"]): {"bind": "/models", "mode": "ro"}},
-        environment={"LLAMA_ARG_MODEL": "/models/tiny-r1.gguf", "LLAMA_ARG_CTX_SIZE": "8192",
-                     "LLAMA_ARG_THREADS": "2", "LLAMA_ARG_N_PARALLEL": "1"})
+        environment={"LLAMA_ARG_MODEL": "/models/tiny-r1.gguf", **engine_env})
     api = docker_client.containers.run(
-        API_TAG, detach=True, name=f"kta-api-{suffix}", network=network.name,
-        environment={"KTA_UPSTREAM": f"http://{engine.name}:8080", "KTA_API_KEYS": KEY,
-                     "KTA_MAX_INFLIGHT": "1", "KTA_QUEUE_SIZE": "64", "KTA_STALL_TIMEOUT": "30"},
+        API_TAG, detach=True, name=f"kta-{name}-api-{suffix}", network=network.name,
+        environment={"KTA_UPSTREAM": f"http://{engine.name}:8080", "KTA_API_KEYS": KEY, **api_env},
         ports={"10002/tcp": ("127.0.0.1", None)})
     try:
         dockerenv.wait_healthy(engine, timeout=180)
         dockerenv.wait_healthy(api, timeout=60)
-        yield {"engine": engine, "api": api, "url": f"http://127.0.0.1:{dockerenv.published_port(api, '10002/tcp')}"}
+        yield engine, api, f"http://127.0.0.1:{dockerenv.published_port(api, '10002/tcp')}"
     finally:
         for container in (api, engine):
             container.remove(force=True)
         network.remove()
+
+
+@pytest.fixture(scope="module")
+def stack(api_image, llamacpp_image, docker_client, tiny_models):
+    with api_before_llamacpp(docker_client, tiny_models, "api",
+                             {"LLAMA_ARG_CTX_SIZE": "8192", "LLAMA_ARG_THREADS": "2", "LLAMA_ARG_N_PARALLEL": "1"},
+                             {"KTA_MAX_INFLIGHT": "1", "KTA_QUEUE_SIZE": "64", "KTA_STALL_TIMEOUT": "30"}) as (engine, api, url):
+        yield {"engine": engine, "api": api, "url": url}
 
 
 @pytest.fixture
@@ -216,24 +225,10 @@ def test_api_container_with_testinfra(stack):
 def batch_stack(api_image, llamacpp_image, docker_client, tiny_models):
     """The API in front of an engine that serves three requests at once (as a
     balance_serve engine with max_batch_size 3 would): KTA_MAX_INFLIGHT=3."""
-    suffix = uuid.uuid4().hex[:6]
-    network = docker_client.networks.create(f"kta-batch-test-{suffix}")
-    engine = docker_client.containers.run(
-        LLAMACPP_TAG, detach=True, name=f"kta-batch-engine-{suffix}", network=network.name,
-        volumes={str(tiny_models["dir"]): {"bind": "/models", "mode": "ro"}},
-        environment={"LLAMA_ARG_MODEL": "/models/tiny-r1.gguf", "LLAMA_ARG_CTX_SIZE": "12288",
-                     "LLAMA_ARG_THREADS": "1", "LLAMA_ARG_N_PARALLEL": "3"})
-    api = docker_client.containers.run(
-        API_TAG, detach=True, network=network.name, ports={"10002/tcp": ("127.0.0.1", None)},
-        environment={"KTA_UPSTREAM": f"http://{engine.name}:8080", "KTA_API_KEYS": KEY, "KTA_MAX_INFLIGHT": "3"})
-    try:
-        dockerenv.wait_healthy(engine, timeout=180)
-        dockerenv.wait_healthy(api, timeout=60)
-        yield f"http://127.0.0.1:{dockerenv.published_port(api, '10002/tcp')}"
-    finally:
-        for container in (api, engine):
-            container.remove(force=True)
-        network.remove()
+    with api_before_llamacpp(docker_client, tiny_models, "batch",
+                             {"LLAMA_ARG_CTX_SIZE": "12288", "LLAMA_ARG_THREADS": "1", "LLAMA_ARG_N_PARALLEL": "3"},
+                             {"KTA_MAX_INFLIGHT": "3"}) as (_, _, url):
+        yield url
 
 
 def gauges(url: str) -> dict[str, float]:

@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from support.apicases import REQUEST_REFUSALS
+
 pytestmark = pytest.mark.stack
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm fetches a price list from GitHub otherwise
 
@@ -34,12 +36,7 @@ def test_sdk_retrieves_every_model_it_lists(stack):
         client.models.retrieve("gpt-4o")
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]},
-     "messages[0].content[1].type"),
-])
+@pytest.mark.parametrize("extra, param", REQUEST_REFUSALS)
 def test_a_request_the_engine_cannot_serve_is_a_bad_request_sent_once(stack, extra, param):
     client = sdk(stack, max_retries=2)
     before = counted(stack, "400")

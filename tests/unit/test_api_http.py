@@ -17,6 +17,7 @@ import zlib
 import httpx
 import pytest
 
+from support.apicases import REQUEST_REFUSALS
 from support.apiservice import running_api
 from support.netwait import free_port
 
@@ -191,12 +192,7 @@ def test_an_http_10_client_gets_a_stream_it_can_read(api):
     assert b"transfer-encoding: chunked" in chunked.partition(b"\r\n\r\n")[0].lower()
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                                 {"type": "image_url", "image_url": {"url": "data:,"}}]}]},
-     "messages[0].content[1].type"),
-])
+@pytest.mark.parametrize("extra, param", REQUEST_REFUSALS)
 def test_what_the_engine_cannot_do_is_the_requests_fault(api, extra, param):
     response = httpx.post(f"{api}/v1/chat/completions", content=chat_body(**extra), headers=AUTH)
     assert response.status_code == 400, response.text
