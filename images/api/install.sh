@@ -2,20 +2,20 @@
 # Install the API service into a virtualenv: in the API image, in the
 # AutoDL all-in-one image and by the native AutoDL bundle.
 # Usage: install.sh PACKAGE_SOURCE_DIR   (the ktappliance source tree)
-# Env:   KT_VENV (default /opt/venv), KT_SKIP_APT=1 where Python is already there.
+# Env:   KTA_API_VENV (default /opt/venv), KTA_SKIP_APT=1 where Python is already there.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
 [ -d "$common" ] || common="$here"
 src=${1:?usage: install.sh KTAPPLIANCE_SOURCE_DIR}
-venv=${KT_VENV:-/opt/venv}
-if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+venv=${KTA_API_VENV:-/opt/venv}
+if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     "$common/apt-install.sh" python3 python3-venv ca-certificates curl procps iproute2
 fi
 # shellcheck source=../common/network.sh
 . "$common/network.sh"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-# KT_API_EXTRAS: "api" for the service; "api,autodl" adds supervisor.
-"$venv/bin/pip" install -q --progress-bar off "${src}[${KT_API_EXTRAS:-api}]"
+# KTA_API_EXTRAS: "api" for the service; "api,autodl" adds supervisor.
+"$venv/bin/pip" install -q --progress-bar off "${src}[${KTA_API_EXTRAS:-api}]"
 "$venv/bin/python" -c "import ktappliance.api.app" && echo "install: API service ready in $venv"

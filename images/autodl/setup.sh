@@ -70,10 +70,10 @@ case "$KTA_ENGINE" in
 esac
 
 step "API service and supervisor (/opt/kta-api)"
-KT_VENV=/opt/kta-api KT_API_EXTRAS=api,autodl "$home/api/install.sh" "$here/src"
+KTA_API_VENV=/opt/kta-api KTA_API_EXTRAS=api,autodl "$home/api/install.sh" "$here/src"
 
 step "Open-WebUI $WEBUI_VERSION (/opt/webui)"
-WEBUI_VERSION=$WEBUI_VERSION WEBUI_VENV=/opt/webui "$home/webui/install.sh"
+WEBUI_VERSION=$WEBUI_VERSION KTA_WEBUI_VENV=/opt/webui "$home/webui/install.sh"
 
 step "start script"
 # What the engine image stamps as ENV, the start script reads from the bundle's settings.

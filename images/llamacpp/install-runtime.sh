@@ -5,7 +5,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
 [ -d "$common" ] || common="$here"
-if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     "$common/apt-install.sh" $LLAMA_APT_RUNTIME
 fi

@@ -1,14 +1,14 @@
 #!/bin/sh
 # Install Open-WebUI from PyPI into its own virtualenv: the webui image built
 # for hosts that cannot reach ghcr.io, the AutoDL image and the native bundle.
-# Env: WEBUI_VERSION (pinned in targets.yaml), WEBUI_VENV, KT_SKIP_APT=1 where
+# Env: WEBUI_VERSION (pinned in targets.yaml), KTA_WEBUI_VENV, KTA_SKIP_APT=1 where
 # Python 3.11/3.12 is already there.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 common="$here/../common"
 [ -d "$common" ] || common="$here"
-venv=${WEBUI_VENV:-/opt/webui}
-if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+venv=${KTA_WEBUI_VENV:-/opt/webui}
+if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     "$common/apt-install.sh" python3 python3-venv ca-certificates curl libgomp1 procps iproute2
 fi
 # shellcheck source=../common/network.sh
@@ -22,7 +22,7 @@ for candidate in python3.12 python3.11 python3; do
         python=$candidate
     fi
 done
-if [ -z "$python" ] && [ "${KT_SKIP_APT:-0}" != 1 ]; then
+if [ -z "$python" ] && [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     "$common/apt-install.sh" python3.11 python3.11-venv
     python=python3.11
 fi

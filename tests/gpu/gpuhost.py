@@ -76,7 +76,7 @@ class GpuHost:
                    wheelhouse=os.environ.get("KTA_WHEELHOUSE", ""))
 
     def base_env(self) -> dict[str, str]:
-        env = {**os.environ, "KT_SKIP_APT": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KTA_SKIP_APT": "1", "PYTHONUNBUFFERED": "1"}
         if self.wheelhouse:
             env["KT_WHEELHOUSE"] = self.wheelhouse
         return env
