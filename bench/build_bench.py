@@ -58,7 +58,7 @@ def build(tag: str, numa: bool, log: Path) -> float:
 
 
 def context_of(tag: str) -> Path:
-    from ktappliance.render import context_name
+    from ktappliance.image.render import context_name
     return OUT / context_name(tag)
 
 

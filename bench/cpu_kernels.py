@@ -57,7 +57,7 @@ def setup_cmake_args(tree: Path) -> dict[str, list[str]]:
 
 
 def build_variant(name: str, tree: Path, out: Path, jobs: int) -> Path:
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     build = out / f"build-{name}"
     if list(build.glob("cpuinfer_ext*.so")):
         return build
@@ -216,7 +216,7 @@ def main() -> int:
         name = Path(args.measure).name.removeprefix("build-")
         print(json.dumps(measure(Path(args.measure), args.threads, out, name, args.seconds)))
         return 0
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     out.mkdir(parents=True, exist_ok=True)
     tree = out / "src"
     if not (tree / "setup.py").is_file():

@@ -71,9 +71,9 @@ def time_native(source: Path, arch: str, splits: list[int]) -> list[dict]:
 def time_in_docker(args) -> list[dict]:
     """A throw-away image: the CUDA devel base plus the build deps the engine
     image installs (install-build-deps.sh, the line's torch); then this script in it."""
-    from ktappliance.builder import find_buildkit_cli
-    from ktappliance.matrix import load_matrix
-    from ktappliance.plan import make_plan
+    from ktappliance.image.builder import find_buildkit_cli
+    from ktappliance.target.matrix import load_matrix
+    from ktappliance.image.plan import make_plan
     matrix = load_matrix()
     plan = make_plan(matrix.select("avx2", line=args.line, cuda="13.0"), default_arch_list=args.arch)
     context = Path(tempfile.mkdtemp(prefix="marlin-bench-"))

@@ -36,7 +36,7 @@ for part in common engine llamacpp api webui autodl; do
     rm -rf "${home:?}/$part"
     cp -r "$here/images/$part" "$home/$part"
 done
-cp "$here/src/ktappliance/modelcheck.py" "$home/common/modelcheck.py"
+cp "$here/src/ktappliance/models/modelcheck.py" "$home/common/modelcheck.py"
 
 case "$KTA_ENGINE" in
     llamacpp)

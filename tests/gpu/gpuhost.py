@@ -123,7 +123,7 @@ def image_layout(work: Path, image: str) -> Path:
     shutil.rmtree(app, ignore_errors=True)
     shutil.copytree(IMAGES / image, app / image)
     shutil.copytree(IMAGES / "common", app / "common")
-    shutil.copy(REPO / "ktappliance" / "modelcheck.py", app / "common" / "modelcheck.py")
+    shutil.copy(REPO / "ktappliance" / "models" / "modelcheck.py", app / "common" / "modelcheck.py")
     return app
 
 
@@ -139,8 +139,8 @@ class EngineInstall:
 def build_ktransformers(host: GpuHost, line: str, target: str) -> EngineInstall:
     """install-build-deps.sh, build-ktransformers.sh, install-runtime.sh: the
     Dockerfile's three steps, for this GPU's arch only, with the host's torch."""
-    from ktappliance.matrix import load_matrix
-    from ktappliance.plan import make_plan
+    from ktappliance.target.matrix import load_matrix
+    from ktappliance.image.plan import make_plan
 
     matrix = load_matrix()
     selection = matrix.select(target, line=line, cuda=host.torch_cuda if host.torch_cuda in
@@ -169,7 +169,7 @@ def build_ktransformers(host: GpuHost, line: str, target: str) -> EngineInstall:
 
 def build_llamacpp(host: GpuHost, target: str) -> Path:
     """images/llamacpp/build-llamacpp.sh with CUDA for this GPU: the llama-server binary."""
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
 
     matrix = load_matrix()
     llamacpp, chosen = matrix.llamacpp, matrix.target(target)

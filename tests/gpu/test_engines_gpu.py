@@ -80,7 +80,7 @@ def test_llamacpp_offloads_every_layer(gpu_host, builds, tmp_path):
     server = builds.llama_server()
     model = tiny_deepseek.write_model(tmp_path / "model", "q4k_iq1s")
     port = free_port()
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     target = load_matrix().target(gpuhost.LLAMACPP_TARGET)
     env = {**os.environ, "KT_TARGET": target.name, "KT_REQUIRED_FLAGS": " ".join(target.requires),
            "LLAMA_SERVER": str(server), "LLAMA_ARG_MODEL": str(model["gguf_file"]),

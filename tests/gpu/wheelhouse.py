@@ -78,7 +78,7 @@ def declared_dependencies(source: Path) -> list[str]:
 
 def line_requirements(line_name: str, source: Path) -> list[str]:
     """What installing this line pulls in on a GPU host that brings its own torch."""
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     line = load_matrix().lines[line_name]
     serve = line.balance_serve.runtime_pip if line.balance_serve else ()
     wanted = unpin_numpy((*line.build_pip, *line.runtime_pip, *serve))
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also download {', '.join(BALANCE_SERVE_DEBS)} into OUT/debs (apt-get download)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     lines = load_matrix().lines
     unknown = [name for name in args.lines if name not in lines]
     if unknown:

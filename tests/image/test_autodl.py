@@ -152,7 +152,7 @@ def test_no_model_on_the_data_disk_is_one_line(aio_image, tiny_models, tmp_path_
 
 
 def test_export_archive_loads_back(bases, docker_client, tmp_path):
-    from ktappliance.autodl import export_image
+    from ktappliance.image.autodl import export_image
     archive = export_image(dockerenv.DEBIAN_BASE, tmp_path)
     manifest = json.loads((tmp_path / "kta-test_debian_bookworm.manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from ktappliance.matrix import load_matrix
+from ktappliance.target.matrix import load_matrix
 from support import dockerenv, isa
 from support.settings import ENGINE_AMX_TAG, ENGINE_TAG, INDEX_WITH_CREDENTIALS, PROXY_WITH_CREDENTIALS
 

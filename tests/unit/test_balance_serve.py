@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ktappliance import catalogue, sizing
+from ktappliance.models import catalogue
+
+from ktappliance.models import fit as sizing
 from ktappliance.errors import ApplianceError
-from ktappliance.matrix import load_matrix
-from ktappliance.plan import make_plan
-from ktappliance.render import render
+from ktappliance.target.matrix import load_matrix
+from ktappliance.image.plan import make_plan
+from ktappliance.image.render import render
 from support import isa
 
 from support.buildpy import REPO, assert_one_line_error, run_cli
@@ -154,7 +156,7 @@ def test_configure_writes_the_batch_for_engine_and_api(tmp_path, hosts_dir):
     done = run_cli("configure", "--from", str(hosts_dir / "xeon-amx-h200-1s"), "--env-file", str(tmp_path / "s.env"),
                    "--model-dir", str(tmp_path / "models"), "--max-new-tokens", "4096")
     assert done.returncode == 0, done.stderr
-    from ktappliance.stackenv import read_env
+    from ktappliance.stack.env import read_env
     env, engine = read_env(tmp_path / "s.env"), read_env(tmp_path / "s.env.engine")
     assert engine["KT_BACKEND"] == "balance_serve" and engine["KT_MAX_NEW_TOKENS"] == "4096"
     assert engine["KT_OPTIMIZE_RULE"] == "DeepSeek-V3-Chat-serve.yaml"
@@ -176,7 +178,7 @@ def test_detect_says_where_concurrency_comes_from(hosts_dir):
 
 
 def test_a_line_listing_balance_serve_needs_its_section(tmp_path):
-    raw = yaml.safe_load((REPO / "ktappliance" / "targets.yaml").read_text())
+    raw = yaml.safe_load((REPO / "ktappliance" / "target" / "targets.yaml").read_text())
     del raw["lines"]["v0.3.2"]["balance_serve"]
     bad = tmp_path / "targets.yaml"
     bad.write_text(yaml.safe_dump(raw))

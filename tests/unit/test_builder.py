@@ -3,7 +3,7 @@ names a base image BuildKit could not pull."""
 
 import pytest
 
-from ktappliance.builder import pull_failure
+from ktappliance.image.builder import pull_failure
 
 from support.buildpy import run_cli
 
@@ -67,5 +67,5 @@ def test_apt_mirror_credentials_travel_as_a_secret_not_a_build_arg(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "s3cr3t-apt" not in done.stdout and "APT_MIRROR" not in done.stdout
     assert "--secret id=network_env" in done.stdout
-    from ktappliance.plan import NetworkOptions
+    from ktappliance.image.plan import NetworkOptions
     assert NetworkOptions(apt_mirror=mirror).secret_env() == {"APT_MIRROR": mirror}

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ktappliance.matrix import load_matrix
-from ktappliance.probe import parse_lscpu, probe_directory
-from ktappliance.recommend import recommend
+from ktappliance.target.matrix import load_matrix
+from ktappliance.host.probe import parse_lscpu, probe_directory
+from ktappliance.target.recommend import recommend
 
 from support.buildpy import assert_one_line_error, run_cli
 
@@ -81,7 +81,7 @@ def test_lscpu_alone_decides(hosts_dir, tmp_path):
 
 def test_skylake_flags_pick_plain_avx512():
     # No published Skylake-SP capture here: its flag set (F/CD/BW/DQ/VL, no VNNI).
-    from ktappliance.probe import HostFacts
+    from ktappliance.host.probe import HostFacts
     facts = HostFacts(flags={"avx2", "fma", "f16c", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
     assert recommend(facts, load_matrix()).target == "avx512"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import gguf
-from ktappliance.modelcheck import check_model
-from ktappliance.matrix import load_matrix, supported_types
+from ktappliance.models.modelcheck import check_model
+from ktappliance.target.matrix import load_matrix, supported_types
 from support import tiny_deepseek
 
 from support.buildpy import REPO

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ktappliance.loadbench import Outcome, percentile, summarise
+from ktappliance.stack.loadbench import Outcome, percentile, summarise
 from support.apiservice import running_api
 from support.netwait import free_port
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ktappliance.errors import ApplianceError
-from ktappliance.matrix import load_matrix
+from ktappliance.target.matrix import load_matrix
 
 from support.buildpy import assert_one_line_error, run_cli
 
@@ -106,7 +106,7 @@ def test_malformed_targets_file(tmp_path, content, fragment):
 
 
 def test_native_cpu_instruct_is_refused(tmp_path):
-    from ktappliance.matrix import DEFAULT_MATRIX_FILE
+    from ktappliance.target.matrix import DEFAULT_MATRIX_FILE
     text = DEFAULT_MATRIX_FILE.read_text().replace("cpu_instruct: AVX2", "cpu_instruct: NATIVE")
     bad = tmp_path / "targets.yaml"
     bad.write_text(text)

@@ -10,8 +10,8 @@ import gguf
 import numpy as np
 import pytest
 
-from ktappliance.matrix import supported_types
-from ktappliance.modelcheck import TYPES, check_model
+from ktappliance.target.matrix import supported_types
+from ktappliance.models.modelcheck import TYPES, check_model
 from support.tiny_gguf import write_model
 
 from support.buildpy import run_cli
@@ -186,10 +186,10 @@ def test_the_image_start_check_says_which_target_can(tmp_path):
     # The engine image runs the same module with the types and note its build stamps.
     import subprocess
     import sys
-    from ktappliance.matrix import load_matrix
+    from ktappliance.target.matrix import load_matrix
     selection = load_matrix().select("avx2", "v0.2.3")
     path = bf16_model(tmp_path / "bf16.gguf")
-    done = subprocess.run([sys.executable, "-m", "ktappliance.modelcheck", str(path), "--types",
+    done = subprocess.run([sys.executable, "-m", "ktappliance.models.modelcheck", str(path), "--types",
                            ",".join(supported_types(selection.line, selection.target)),
                            "--note", f"BF16={selection.type_notes['BF16']}"], capture_output=True, text=True)
     assert done.returncode == 1 and "BF16 needs --target avx512bf16 or amx" in done.stderr

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from ktappliance.matrix import load_matrix
+from ktappliance.target.matrix import load_matrix
 
 from support.buildpy import REPO
 

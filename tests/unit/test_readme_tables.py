@@ -3,7 +3,7 @@ source. They must say the same thing."""
 
 import re
 
-from ktappliance.matrix import load_matrix
+from ktappliance.target.matrix import load_matrix
 from support.buildpy import REPO
 
 

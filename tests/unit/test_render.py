@@ -9,11 +9,11 @@ import shutil
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from ktappliance import render as render_module
+from ktappliance.image import render as render_module
 from ktappliance.errors import ApplianceError
-from ktappliance.matrix import load_matrix
-from ktappliance.plan import make_plan
-from ktappliance.render import render
+from ktappliance.target.matrix import load_matrix
+from ktappliance.image.plan import make_plan
+from ktappliance.image.render import render
 
 from support.buildpy import REPO, assert_one_line_error, run_cli
 
@@ -200,7 +200,7 @@ def test_static_dockerfiles_pass_hadolint(dockerfile):
 @pytest.mark.parametrize("target", list(MATRIX.targets))
 @pytest.mark.parametrize("cuda", [None, "12.4"])
 def test_llamacpp_renders_per_target(tmp_path, target, cuda):
-    from ktappliance.plan import make_llamacpp_plan
+    from ktappliance.image.plan import make_llamacpp_plan
     plan = make_llamacpp_plan(MATRIX.targets[target], MATRIX.llamacpp, MATRIX.cuda[cuda] if cuda else None)
     content = render(plan, tmp_path).dockerfile.read_text()
     for flag in MATRIX.targets[target].llamacpp_cmake:

@@ -3,7 +3,7 @@
 import pytest
 
 from ktappliance.errors import ApplianceError
-from ktappliance.stackenv import StackSettings, read_env, write_stack_env
+from ktappliance.stack.env import StackSettings, read_env, write_stack_env
 
 from support.buildpy import run_cli
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import jinja2
 
-from .errors import ApplianceError
-from .paths import IMAGES_DIR, TEMPLATES_DIR
-from .plan import BuildPlan, LlamaCppPlan
+from ktappliance.errors import ApplianceError
+from ktappliance.paths import IMAGES_DIR, TEMPLATES_DIR
+from ktappliance.image.plan import BuildPlan, LlamaCppPlan
 
 CONTEXT_IGNORE = "secrets/\nbuild-command.sh\n"
 
@@ -144,7 +144,7 @@ def _copy_scripts(context: Path, images: tuple[str, ...]) -> None:
         shutil.copytree(IMAGES_DIR / image, context / "scripts" / image,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
     # The engines run the same model check as `build.py model check` at start.
-    shutil.copyfile(Path(__file__).with_name("modelcheck.py"), context / "scripts" / "common" / "modelcheck.py")
+    shutil.copyfile(Path(__file__).parent.parent / "models" / "modelcheck.py", context / "scripts" / "common" / "modelcheck.py")
 
 
 def _write_context(plan: BuildPlan | LlamaCppPlan, context: Path) -> None:

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ApplianceError
+from ktappliance.errors import ApplianceError
 
 CAPTURE_FILES = ("lscpu.txt", "cpuinfo.txt", "meminfo.txt", "numa.txt", "nvidia-smi.csv")
 

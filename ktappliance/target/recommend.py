@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .matrix import Matrix
-from .probe import HostFacts
+from ktappliance.target.matrix import Matrix
+from ktappliance.host.probe import HostFacts
 
 # The smallest DeepSeek-R1 GGUF in the catalogue (Unsloth UD-IQ1_S, ~131 GiB
 # in three shards, Unsloth's file listing; see models.yaml). NUMA mode copies the weights once per

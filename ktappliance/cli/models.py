@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import probe, recommend
-from .errors import ApplianceError
-from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, load_matrix, supported_types, type_notes
-from .sizing import MAX_NEW_TOKENS
+from ktappliance.host import probe
+from ktappliance.target import recommend
+from ktappliance.errors import ApplianceError
+from ktappliance.target.matrix import BACKENDS, DEFAULT_MATRIX_FILE, load_matrix, supported_types, type_notes
+from ktappliance.models.fit import MAX_NEW_TOKENS
 
 
 def make_model_parser() -> argparse.ArgumentParser:
@@ -58,7 +59,9 @@ def make_plan_parser() -> argparse.ArgumentParser:
 
 
 def cmd_model(args) -> int:
-    from . import catalogue, fetch, modelcheck
+    from ktappliance.models import catalogue
+    from ktappliance.models import fetch
+    from ktappliance.models import modelcheck
     if args.action == "check":
         matrix = load_matrix(Path(args.targets_file))
         notes: dict[str, str] = {}
@@ -110,7 +113,9 @@ def cmd_model(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from . import catalogue, modelcheck, sizing
+    from ktappliance.models import catalogue
+    from ktappliance.models import modelcheck
+    from ktappliance.models import fit as sizing
     matrix = load_matrix(Path(args.targets_file))
     facts = probe.host_facts(args.from_dir)
     rec = recommend.recommend(facts, matrix)

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ApplianceError, DockerError
+from ktappliance.errors import ApplianceError, DockerError
 
 DOCKER_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ApplianceError
+from ktappliance.errors import ApplianceError
 
 DEFAULT_MATRIX_FILE = Path(__file__).with_name("targets.yaml")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ApplianceError
+from ktappliance.errors import ApplianceError
 
 CATALOGUE_FILE = Path(__file__).with_name("models.yaml")
 GB = 1000**3

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ApplianceError
+from ktappliance.errors import ApplianceError
 
 SOURCES = ("modelscope", "hf")
 

@@ -21,9 +21,9 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ApplianceError
-from .paths import COMPOSE_DIR
-from .stackenv import read_env
+from ktappliance.errors import ApplianceError
+from ktappliance.paths import COMPOSE_DIR
+from ktappliance.stack.env import read_env
 
 PROMPTS = ("Explain why the sky is blue.", "How do I bake bread with flour, water, salt and yeast?",
            "Write a haiku about a mountain lake.", "What is a mixture of experts model?",

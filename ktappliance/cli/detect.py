@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from .matrix import Matrix
-from .probe import FLAGS_OF_INTEREST, HostFacts
-from .recommend import Recommendation
+from ktappliance.target.matrix import Matrix
+from ktappliance.host.probe import FLAGS_OF_INTEREST, HostFacts
+from ktappliance.target.recommend import Recommendation
 
 
 def _cpu_ranges(cpus: list[int]) -> str:
@@ -53,8 +53,8 @@ def concurrency(rec: Recommendation, matrix: Matrix) -> dict | None:
 
 def what_fits(facts: HostFacts, rec: Recommendation, matrix: Matrix) -> dict[str, dict]:
     """Each catalogue quant against this host, for the engine it would run on."""
-    from .catalogue import load_catalogue
-    from .sizing import plan_fit
+    from ktappliance.models.catalogue import load_catalogue
+    from ktappliance.models.fit import plan_fit
     out = {}
     for model in load_catalogue().values():
         for quant in model.quants.values():

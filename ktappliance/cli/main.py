@@ -7,12 +7,19 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__, builder, detect, loadbench, modelcli, probe, recommend, stackcli
-from .paths import IMAGES_DIR, REPO_ROOT
-from .errors import ApplianceError
-from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, load_matrix
-from .plan import FLASH_ATTN_MODES, NetworkOptions, make_llamacpp_plan, make_plan
-from .render import context_name, render
+from ktappliance import __version__
+from ktappliance.cli import detect
+from ktappliance.cli import models as modelcli
+from ktappliance.cli import stack as stackcli
+from ktappliance.errors import ApplianceError
+from ktappliance.host import probe
+from ktappliance.image import builder
+from ktappliance.image.plan import FLASH_ATTN_MODES, NetworkOptions, make_llamacpp_plan, make_plan
+from ktappliance.image.render import context_name, render
+from ktappliance.paths import IMAGES_DIR, REPO_ROOT
+from ktappliance.stack import loadbench
+from ktappliance.target import recommend
+from ktappliance.target.matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, load_matrix
 
 SUBCOMMANDS = ("build", "detect", "render", "api", "webui", "model", "plan", "configure", "up", "down", "status",
                "bench")
@@ -206,7 +213,7 @@ def _bundle_settings(plan, matrix: Matrix) -> dict[str, str]:
 
 
 def cmd_bundle(args, plan, matrix: Matrix) -> int:
-    from . import autodl
+    from ktappliance.image import autodl
     source = {"llamacpp": args.llamacpp_src, "ktransformers": args.ktransformers_src}[plan.engine]
     if args.dry_run:
         print(f"# write the AutoDL bundle for {plan.engine} {plan.target.name} into {Path(args.out) / 'autodl'}")
@@ -244,7 +251,7 @@ def cmd_build(args) -> int:
     builder.run(command, images=plan.base_images())
     print(f"built {plan.image_tag}")
     if args.autodl:
-        from . import autodl
+        from ktappliance.image import autodl
         aio, aio_command = autodl.build_aio(cli, engine=plan.engine, engine_image=plan.image_tag,
                                             webui_version=matrix.stack.webui_version,
                                             secrets=secrets, state_dir=Path(args.out) / "autodl")

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .catalogue import GB, ModelEntry
-from .matrix import Line, Target, supported_types
-from .probe import HostFacts
+from ktappliance.models.catalogue import GB, ModelEntry
+from ktappliance.target.matrix import Line, Target, supported_types
+from ktappliance.host.probe import HostFacts
 
 GIB = 2**30
 RUNTIME_OVERHEAD = 5 * GB

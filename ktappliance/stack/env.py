@@ -12,8 +12,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ApplianceError
-from .paths import COMPOSE_DIR
+from ktappliance.errors import ApplianceError
+from ktappliance.paths import COMPOSE_DIR
 
 KEPT_KEYS = ("API_KEY", "WEBUI_SECRET_KEY", "WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_PASSWORD", "WEBUI_ADMIN_NAME")
 

@@ -7,14 +7,15 @@ import argparse
 import subprocess
 from pathlib import Path
 
-from . import probe, recommend
-from .catalogue import model_entry
-from .errors import ApplianceError, DockerError
-from .matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, Selection, load_matrix
-from .paths import COMPOSE_DIR
-from .probe import HostFacts
-from .sizing import MAX_NEW_TOKENS, plan_fit
-from .stackenv import StackSettings, first_shard, write_stack_env
+from ktappliance.host import probe
+from ktappliance.target import recommend
+from ktappliance.models.catalogue import model_entry
+from ktappliance.errors import ApplianceError, DockerError
+from ktappliance.target.matrix import BACKENDS, DEFAULT_MATRIX_FILE, Matrix, Selection, load_matrix
+from ktappliance.paths import COMPOSE_DIR
+from ktappliance.host.probe import HostFacts
+from ktappliance.models.fit import MAX_NEW_TOKENS, plan_fit
+from ktappliance.stack.env import StackSettings, first_shard, write_stack_env
 
 
 def add_configure_options(parser: argparse.ArgumentParser) -> None:

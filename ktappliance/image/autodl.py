@@ -14,9 +14,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import builder
-from .errors import ApplianceError, DockerError
-from .paths import IMAGES_DIR, REPO_ROOT
+from ktappliance.image import builder
+from ktappliance.errors import ApplianceError, DockerError
+from ktappliance.paths import IMAGES_DIR, REPO_ROOT
 
 BUNDLE_IMAGES = ("common", "engine", "llamacpp", "api", "webui", "autodl")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ApplianceError
-from .matrix import CudaBase, LlamaCpp, Selection, Target, supported_types
+from ktappliance.errors import ApplianceError
+from ktappliance.target.matrix import CudaBase, LlamaCpp, Selection, Target, supported_types
 
 UPSTREAM_GIT = "https://github.com/kvcache-ai/ktransformers.git"
 FLASH_ATTN_MODES = ("wheel", "skip")

@@ -1,0 +1,1 @@
+"""Models: the catalogue, fetching, the GGUF header check and whether a model fits a host."""

@@ -1,0 +1,1 @@
+"""Step 2: the matrix of what can be built (targets.yaml) and the target a host gets."""
