@@ -73,7 +73,13 @@ def disassembly(image_id: str, name: str, tmp_path: Path) -> str:
     return isa.disassemble(copied_out(image_id, f"{SITE}/{name}*.so", tmp_path)[0])
 
 
+def runs_its_code_here(engine) -> None:
+    """Importing the extensions runs the target's code: skip where this CPU cannot."""
+    isa.skip_unless_runs_here(engine.image.labels["ai.ktappliance.cpu-flags"].split())
+
+
 def test_extensions_import_and_the_server_starts_its_imports(engine):
+    runs_its_code_here(engine)
     engine.run_expect([0], "python -c 'import torch, cpuinfer_ext, KTransformersOps, ktransformers.server.main'")
     help_text = engine.check_output("ktransformers --help")
     assert "--gguf_path" in help_text and "--port" in help_text
@@ -84,6 +90,7 @@ def test_the_serving_path_imports_once_flash_attn_is_there(engine, tmp_path):
     # the GPU at import time (the experts' marlin utils: the GPU tier covers
     # those). flash-attn is left out of these images: with the test stand-in on
     # PYTHONPATH the rest must import (v0.3.2 died here on `openai`).
+    runs_its_code_here(engine)
     container = engine.backend.name
     subprocess.run(["docker", "cp", str(STANDIN), f"{container}:/tmp/standin"], check=True)
     modules = ["ktransformers.operators.attention", "ktransformers.operators.triton_attention",
