@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import tiny_deepseek
+from support import isa, tiny_deepseek
 from support.netwait import free_port
 from support.settings import API_TAG, ENGINE_AMX_TAG
 
@@ -35,10 +35,6 @@ PROBE = ("import socket, sys\n"
          "        print(port, 'closed', type(exc).__name__)\n")
 
 
-def cpu_flags() -> set[str]:
-    return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sockets")
@@ -50,9 +46,9 @@ def model_dir(tmp_path_factory):
 
 def held_scheduler(docker_client, model_dir: Path, control_port: int, **run):
     """The engine image running hold_scheduler.py until the scheduler is held."""
-    missing = NEEDED - cpu_flags()
+    missing = isa.lacking_here(NEEDED)
     if missing:
-        pytest.skip(f"this CPU lacks {' '.join(sorted(missing))}, which the amx image's scheduler is compiled for")
+        pytest.skip(f"this CPU lacks {' '.join(missing)}, which the amx image's scheduler is compiled for")
     container = docker_client.containers.run(
         ENGINE_AMX_TAG, ["sh", "-c", "/opt/venv/bin/python /opt/ktappliance/engine/kt-user-config.py --kvc2 1 && "
                                      "exec /opt/venv/bin/python /hold/hold_scheduler.py"],
