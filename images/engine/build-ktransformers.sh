@@ -17,11 +17,8 @@
 #   KT_RESUME       1: keep a work tree built with the same settings (see below)
 # Options: --print-env / --print-lscpu show what the compile would see, and stop.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
-# shellcheck source=../common/network.sh
-. "$common/network.sh"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 venv=${KT_VENV:-/opt/venv}
 wheels=${KT_WHEEL_DIR:-/wheels}
 workdir=${KT_WORKDIR:-/build/ktransformers}
@@ -59,7 +56,16 @@ if command -v ccache >/dev/null 2>&1; then
     # A rebuilt base copies the same compilers with new mtimes: compare contents.
     export CCACHE_COMPILERCHECK=content
     export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
+    # This build's own hits and misses (the cache is shared with other builds).
+    export CCACHE_STATSLOG="$workdir.ccache-stats"
+    rm -f "$CCACHE_STATSLOG"
     export PYTORCH_NVCC="ccache $CUDA_HOME/bin/nvcc"
+    # ccache cannot cache an nvcc call that writes its own dependency file
+    # (--generate-dependencies-with-compile; ccache 4.7 passes it through
+    # uncached), so every Marlin file compiled again on one core for 13-16
+    # minutes (bench/RESULTS.md). The tree is fresh each build: ninja never
+    # needs those dependency files.
+    export TORCH_EXTENSION_SKIP_NVCC_GEN_DEPENDENCIES=1
 fi
 
 # v0.3.2's CMakeLists runs `lscpu` and compiles the AVX-512 and AMX code when
@@ -148,5 +154,10 @@ if [ "$serve" = 1 ]; then
         "$venv/bin/python" "$here/flashinfer-kernels.py" "$wheels/flashinfer-ops")
 fi
 
+if [ -n "${CCACHE_STATSLOG:-}" ] && [ -f "$CCACHE_STATSLOG" ]; then
+    echo "build-ktransformers: ccache, this build:"
+    ccache --show-log-stats | sed -n '1,5p'
+    rm -f "$CCACHE_STATSLOG"
+fi
 KT_WHEEL_DIR="$wheels" sh "$here/build-flash-attn.sh"
 ls -l "$wheels"

@@ -4,17 +4,14 @@
 # Env: KT_APT_BUILD (packages), KT_TORCH (a version, or "system"), KT_TORCH_INDEX, KT_BUILD_PIP,
 #      KT_VENV, KT_WHEELHOUSE (offline: the only place pip installs from).
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 venv=${KT_VENV:-/opt/venv}
 
-if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     "$common/apt-install.sh" python3 python3-venv python3-dev ca-certificates $KT_APT_BUILD
 fi
-# shellcheck source=../common/network.sh
-. "$common/network.sh"
 # KT_TORCH=system: the host's own torch (a GPU host that has one and no network).
 if [ "$KT_TORCH" = system ]; then
     [ -x "$venv/bin/python" ] || "$common/venv-with-host-torch.sh" "$venv"

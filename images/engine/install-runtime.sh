@@ -10,9 +10,8 @@
 # Env: KT_APT_RUNTIME, KT_TORCH (a version, or "system"), KT_TORCH_INDEX, KT_RUNTIME_PIP, KT_WHEEL_DIR,
 #      KT_VENV, KT_USER, KT_WHEELHOUSE (offline: the only place pip installs from).
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 venv=${KT_VENV:-/opt/venv}
 wheels=${KT_WHEEL_DIR:-/wheels}
 phase=${1:-all}
@@ -27,7 +26,7 @@ pip_install() {
 }
 
 install_base() {
-    if [ "${KT_SKIP_APT:-0}" != 1 ]; then
+    if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
         # shellcheck disable=SC2086
         "$common/apt-install.sh" python3 python3-venv ca-certificates libstdc++6 $KT_APT_RUNTIME
     fi
@@ -93,8 +92,6 @@ install_user() {
     fi
 }
 
-# shellcheck source=../common/network.sh
-. "$common/network.sh"
 case "$phase" in
     base) install_base ;;
     wheels) install_wheels ;;

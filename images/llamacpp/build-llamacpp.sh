@@ -9,11 +9,8 @@
 #   LLAMA_CUDA_ARCHS    empty for CPU-only, else CMAKE_CUDA_ARCHITECTURES
 #   LLAMA_JOBS LLAMA_PREFIX
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
-# shellcheck source=../common/network.sh
-. "$common/network.sh"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 work=${LLAMA_WORKDIR:-/build/llama.cpp}
 prefix=${LLAMA_PREFIX:-/opt/llama.cpp}
 jobs=${LLAMA_JOBS:-2}

@@ -2,9 +2,8 @@
 # The llama.cpp server's runtime: a few shared libraries and a non-root user.
 # Env: LLAMA_APT_RUNTIME, LLAMA_USER.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     "$common/apt-install.sh" $LLAMA_APT_RUNTIME

@@ -4,15 +4,12 @@
 # Env: WEBUI_VERSION (pinned in targets.yaml), KTA_WEBUI_VENV, KTA_SKIP_APT=1 where
 # Python 3.11/3.12 is already there.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-common="$here/../common"
-[ -d "$common" ] || common="$here"
+# shellcheck source=../common/prelude.sh
+. "$(dirname "$0")/../common/prelude.sh"
 venv=${KTA_WEBUI_VENV:-/opt/webui}
 if [ "${KTA_SKIP_APT:-0}" != 1 ]; then
     "$common/apt-install.sh" python3 python3-venv ca-certificates curl libgomp1 procps iproute2
 fi
-# shellcheck source=../common/network.sh
-. "$common/network.sh"
 # Open-WebUI needs Python 3.11 or 3.12; Ubuntu 22.04 (the CUDA 12.4 images)
 # ships 3.10 as python3 and 3.11 as a separate package.
 python=${WEBUI_PYTHON:-}
