@@ -111,4 +111,8 @@ if [ "$backend" = balance_serve ]; then
 elif has_feature backend_type; then
     set -- "$@" --backend_type ktransformers
 fi
+if [ "$backend" = balance_serve ]; then
+    # Its server waits forever on a scheduler or model process that died.
+    exec "$venv/bin/python" "$here/serve-watch.py" -- "$venv/bin/ktransformers" "$@"
+fi
 exec "$venv/bin/ktransformers" "$@"

@@ -300,6 +300,17 @@ def test_balance_serve_loads_without_its_build_tree_or_a_compiler(engine_amx_ima
         container.kill()
 
 
+def test_balance_serve_server_runs_under_its_watcher(engine_amx_image):
+    # Python alone, so it runs on any CPU: the watcher is in the image and
+    # starts with the image's own interpreter (its behaviour: tests/unit/test_serve_watch.py).
+    done = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", engine_amx_image.id,
+                           "/opt/ktappliance/engine/serve-watch.py", "--"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "name the server's command line" in done.stderr, done.stderr
+    entrypoint = subprocess.run(["docker", "run", "--rm", "--entrypoint", "cat", engine_amx_image.id,
+                                 "/opt/ktappliance/engine/entrypoint.sh"], capture_output=True, text=True, timeout=120)
+    assert 'serve-watch.py" -- "$venv/bin/ktransformers"' in entrypoint.stdout
+
+
 def test_balance_serve_has_no_instruction_beyond_the_target(engine_amx_image, tmp_path):
     # Upstream compiles the scheduler, the KV-cache service and PhotonLibOS
     # with -march=native; the build gives them the target's flags instead.
