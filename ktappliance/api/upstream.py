@@ -59,16 +59,47 @@ class EngineResponse:
         self._message = _Message()
         self._parser = httptools.HttpResponseParser(self._message)
         self.status_code = 0
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None   # a read is waiting on the engine since then
+        self._waiting_task: asyncio.Task | None = None
+        self._stalled = False
+
+    # One timer per response, re-armed only when it fires. A streamed answer
+    # reads once per token: a timeout of its own around every read (a timer
+    # made, pushed and cancelled each time) was a measurable part of the
+    # API's cost per token at eight streams (bench/api_bench.py).
+    def _check_stall(self) -> None:
+        self._watchdog = None
+        if self._waiting_since is None:
+            return  # not waiting on the engine (writing to a slow client): the next read re-arms
+        silent = self._loop.time() - self._waiting_since
+        if silent >= self._stall:
+            self._stalled = True
+            self._waiting_task.cancel()
+        else:
+            self._watchdog = self._loop.call_later(self._stall - silent, self._check_stall)
+
+    async def _read(self) -> bytes:
+        self._waiting_since, self._waiting_task = self._loop.time(), asyncio.current_task()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._stall, self._check_stall)
+        try:
+            return await self._reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if not self._stalled:
+                raise
+            self._waiting_task.uncancel()
+            raise EngineStalled() from None
+        finally:
+            self._waiting_since = None
 
     async def _feed(self) -> bool:
         """Read what the engine sent and parse it; False once the answer is whole."""
         if self._message.complete:
             return False
         try:
-            async with asyncio.timeout(self._stall):
-                data = await self._reader.read(READ_SIZE)
-        except TimeoutError:
-            raise EngineStalled() from None
+            data = await self._read()
         except OSError as exc:
             raise EngineBroken(type(exc).__name__) from None
         if not data:
@@ -117,6 +148,9 @@ class EngineResponse:
         return b"".join([piece async for piece in self.aiter_raw()])
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._writer.close()
         try:
             await self._writer.wait_closed()

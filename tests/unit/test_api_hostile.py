@@ -230,6 +230,53 @@ def test_an_engine_silent_mid_stream_ends_it_with_a_stall_event():
     assert json.loads(out[len(first):].split(b"\n\n")[0][6:])["error"]["code"] == "engine_timeout"
 
 
+def test_an_engine_that_never_answers_is_a_stall_before_the_headers():
+    from ktappliance.api.errors import ApiError
+
+    async def scenario():
+        from contextlib import AsyncExitStack
+        # Takes the connection and says nothing.
+        server = await asyncio.start_server(lambda reader, writer: asyncio.sleep(5), "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        started = asyncio.get_running_loop().time()
+        try:
+            async with AsyncExitStack() as stack:
+                await exchange_with(url, stall_timeout=0.3).open(stack)
+        except ApiError as exc:
+            return exc, asyncio.get_running_loop().time() - started
+        finally:
+            server.close()
+        return None, 0.0
+
+    error, waited = asyncio.run(scenario())
+    assert error is not None and error.status == 504 and error.code == "engine_timeout"
+    assert 0.3 <= waited < 2.0
+
+
+def test_a_slow_client_between_tokens_is_no_engine_stall():
+    # The stall clock runs only while the API waits on the engine: a client
+    # that takes longer than the stall timeout to take each token is not one.
+    events = [b'data: {"id": "x", "choices": [{"delta": {"content": "%d"}}]}\n\n' % n for n in range(4)]
+    parts = [SSE_HEAD, *chunked(*events, b"data: [DONE]\n\n"), b"0\r\n\r\n"]
+
+    async def scenario():
+        from contextlib import AsyncExitStack
+        server, url = await engine_answering(parts, pause=0.02)
+        try:
+            exchange = exchange_with(url, stall_timeout=0.3)
+            stack = AsyncExitStack()
+            response = await exchange.open(stack)
+            out = []
+            async for chunk in exchange.events(response, stack):
+                out.append(chunk)
+                await asyncio.sleep(0.5)
+            return b"".join(out)
+        finally:
+            server.close()
+
+    assert asyncio.run(scenario()) == b"".join(events) + b"data: [DONE]\n\n"
+
+
 @pytest.mark.parametrize("status, expected", [(500, 502), (503, 502), (400, 400)])
 def test_engine_errors_map_to_openai_bodies(status, expected):
     body = json.dumps({"error": {"message": "boom"}}).encode()
