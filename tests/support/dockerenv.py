@@ -29,7 +29,10 @@ def docker_client():
     no Docker engine answers."""
     try:
         import docker
-        client = docker.from_env(timeout=60)
+        # Removing a container that installed Open-WebUI (the native-bundle
+        # test) took over 60 s while the daemon was exporting an engine image
+        # of the other build lane: the SDK's wait must outlast that.
+        client = docker.from_env(timeout=300)
         client.ping()
         return client
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
