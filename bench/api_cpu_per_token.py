@@ -17,18 +17,18 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from support.netwait import free_port, wait_for_ok  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,21 +63,9 @@ def engine_main(port: int, pace_s: float) -> None:
     asyncio.run(main())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_up(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit(f"api_cpu_per_token: {url} did not answer")
+    if not wait_for_ok(url, 60, interval=0.2):
+        raise SystemExit(f"api_cpu_per_token: {url} did not answer")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -108,11 +108,9 @@ if [ -n "${KT_API_KEY:-}" ] && has_feature auth; then
 fi
 if [ "$backend" = balance_serve ]; then
     set -- "$@" --backend_type balance_serve --max_batch_size "$batch" --chunk_size "${KT_CHUNK_SIZE:-256}"
-elif has_feature backend_type; then
-    set -- "$@" --backend_type ktransformers
-fi
-if [ "$backend" = balance_serve ]; then
     # Its server waits forever on a scheduler or model process that died.
     exec "$venv/bin/python" "$here/serve-watch.py" -- "$venv/bin/ktransformers" "$@"
+elif has_feature backend_type; then
+    set -- "$@" --backend_type ktransformers
 fi
 exec "$venv/bin/ktransformers" "$@"

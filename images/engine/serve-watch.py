@@ -15,7 +15,6 @@ Exit: the server's own status; 6 when a child it waits for died first.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -38,26 +37,18 @@ def children_of(pid: int) -> dict[int, tuple[str, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid:
+                continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found[int(entry.name)] = (fields[0], cmdline)
+        found[int(entry.name)] = (fields[0], cmdline)
     return found
 
 
 def watched_name(cmdline: str) -> str | None:
     return next((name for marker, name in WATCHED.items() if marker in cmdline), None)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def default_log() -> Path | None:
@@ -113,9 +104,9 @@ def watch(argv: list[str], log: Path | None) -> int:
                     watched[pid] = name
             # Upstream never reaps its children: one that died stays a zombie
             # (one that died between two rounds is seen only as that).
-            for pid, (state, _) in children.items():
-                zombie_rounds[pid] = zombie_rounds.get(pid, 0) + 1 if state == "Z" else 0
-            dead = [pid for pid in watched if not alive(pid)]
+            zombie_rounds = {pid: zombie_rounds.get(pid, 0) + 1
+                             for pid, (state, _) in children.items() if state == "Z"}
+            dead = [pid for pid in watched if pid not in children or children[pid][0] == "Z"]
             dead += [pid for pid, rounds in zombie_rounds.items() if rounds >= ZOMBIE_ROUNDS and pid not in dead]
             if dead:
                 pid = dead[0]

@@ -5,6 +5,7 @@ them without a timeout."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +63,6 @@ def server(tmp_path):
 
 
 def watch(server_argv, log, env_extra, **kwargs):
-    import os
     env = {**os.environ, **env_extra}
     return subprocess.Popen([sys.executable, str(WATCH), "--log", str(log), "--", *server_argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
