@@ -49,6 +49,15 @@ if [ "$serve" = 1 ]; then
     export USE_BALANCE_SERVE=1 KTA_TARGET_CFLAGS="${KT_TARGET_CFLAGS:?KT_BALANCE_SERVE=1 needs the -m flags of the target}"
     # balance_serve's FindCUDA otherwise looks for the toolkit around the first nvcc on PATH.
     CMAKE_ARGS="$CMAKE_ARGS -DCUDA_TOOLKIT_ROOT_DIR=$CUDA_HOME"
+    # Upstream links balance_serve with its own pick of g++ (13, 12, 11, plain),
+    # and CMake adds the C compiler's library folders to those links. Where the
+    # C compiler is another gcc whose folder has a libstdc++.a beside a dangling
+    # libstdc++.so (the accelerator host's), the KV-cache library took a private
+    # libstdc++ and the scheduler aborted at start. That g++'s own shared
+    # libstdc++ comes first; check-shared-libstdcxx.sh verifies the result.
+    for cxx in g++-13 g++-12 g++-11 g++; do command -v "$cxx" >/dev/null 2>&1 && break; done
+    LDFLAGS="-L$(dirname "$("$cxx" -print-file-name=libstdc++.so)")${LDFLAGS:+ $LDFLAGS}"
+    export LDFLAGS
 fi
 if command -v ccache >/dev/null 2>&1; then
     # Same paths every build, so a flag change recompiles only what it touches.
@@ -82,7 +91,7 @@ export PATH
 
 case "${1:-}" in
     --print-env)
-        { env; echo "NVCC_APPEND_FLAGS=$nvcc_append"; } | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST|CFLAGS|CXXFLAGS|CMAKE_ARGS|NVCC_APPEND_FLAGS)=' | sort
+        { env; echo "NVCC_APPEND_FLAGS=$nvcc_append"; } | grep -E '^(KTRANSFORMERS_FORCE_BUILD|CPU_INSTRUCT|USE_NUMA|MAX_JOBS|CMAKE_BUILD_PARALLEL_LEVEL|TORCH_CUDA_ARCH_LIST|CFLAGS|CXXFLAGS|LDFLAGS|CMAKE_ARGS|NVCC_APPEND_FLAGS)=' | sort
         exit 0 ;;
     --print-lscpu)
         lscpu
@@ -145,6 +154,7 @@ NVCC_APPEND_FLAGS="$nvcc_append" PATH="$venv/bin:$PATH" \
 if [ "$serve" = 1 ]; then
     native=$(grep -l -- '-march=native' csrc/balance_serve/build/compile_commands.json || true)
     [ -z "$native" ] || { echo "build-ktransformers: balance_serve compiled with -march=native ($native)" >&2; exit 1; }
+    sh "$here/check-shared-libstdcxx.sh" csrc/balance_serve/build
     "$venv/bin/python" "$here/repair-wheel.py" "$(ls "$wheels"/ktransformers-*.whl)" "$workdir"
     # custom_flashinfer: Python and the kernels' sources; the kernels this
     # image's models need are compiled now, for the target's GPU archs.

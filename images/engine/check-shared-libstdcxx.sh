@@ -1,0 +1,17 @@
+#!/bin/sh
+# Fail when a shared library under DIR carries its own copy of libstdc++.
+# Two copies in one process share objects such as the global locale, and
+# freeing one copy's object in the other aborts: balance_serve's scheduler
+# died at start with "free(): invalid pointer" in std::locale::~locale when
+# its KV-cache library had been linked against a static libstdc++.a.
+# Usage: check-shared-libstdcxx.sh DIR
+set -eu
+dir=${1:?usage: check-shared-libstdcxx.sh DIR}
+found=0
+for library in $(find "$dir" -name '*.so' -type f); do
+    if nm -D --defined-only "$library" 2>/dev/null | grep -q ' _ZNSt6localeD[12]Ev$'; then
+        echo "check-shared-libstdcxx: $library holds its own copy of libstdc++ (linked against libstdc++.a)" >&2
+        found=1
+    fi
+done
+exit "$found"
