@@ -7,11 +7,14 @@
 # Usage: check-shared-libstdcxx.sh DIR
 set -eu
 dir=${1:?usage: check-shared-libstdcxx.sh DIR}
-found=0
-for library in $(find "$dir" -name '*.so' -type f); do
-    if nm -D --defined-only "$library" 2>/dev/null | grep -q ' _ZNSt6localeD[12]Ev$'; then
-        echo "check-shared-libstdcxx: $library holds its own copy of libstdc++ (linked against libstdc++.a)" >&2
-        found=1
-    fi
+private=$(find "$dir" -name '*.so' -type f -exec sh -c '
+    for library; do
+        if nm -D --defined-only "$library" 2>/dev/null | grep -q " _ZNSt6localeD[12]Ev\$"; then
+            echo "$library"
+        fi
+    done' sh {} +)
+[ -n "$private" ] || exit 0
+echo "$private" | while IFS= read -r library; do
+    echo "check-shared-libstdcxx: $library holds its own copy of libstdc++ (linked against libstdc++.a)" >&2
 done
-exit "$found"
+exit 1

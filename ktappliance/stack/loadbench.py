@@ -3,8 +3,11 @@
 U users each send a streamed chat every S seconds (from the start of one to
 the start of the next, whether or not the last has finished; S=0: when it
 has), N requests in all, through the API like any OpenAI client. Reported:
-each user's decode tokens/s, time to first token (p50, p95), the total
-throughput, errors and 429s, as text or JSON. Standard library only, so it
+each user's decode tokens/s (from the first streamed token to the last) and
+end-to-end tokens/s (the answer's tokens over the whole request, waiting
+included: what an engine that sends its answer in few chunks still shows),
+time to first token (p50, p95), the total throughput, errors and 429s, as
+text or JSON. Standard library only, so it
 runs from any Python that has the repository.
 """
 
@@ -45,6 +48,10 @@ class Outcome:
     def decode_tokens_per_s(self) -> float | None:
         return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else None
 
+    @property
+    def end_to_end_tokens_per_s(self) -> float | None:
+        return self.tokens / self.total_s if self.tokens and self.total_s > 0 else None
+
 
 @dataclass
 class Report:
@@ -60,6 +67,7 @@ class Report:
     ttft_p95_s: float | None
     total_tokens_per_s: float
     per_user_decode_tokens_per_s: dict[int, float | None] = field(default_factory=dict)
+    per_user_end_to_end_tokens_per_s: dict[int, float | None] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
 
     def to_text(self) -> str:
@@ -70,8 +78,13 @@ class Report:
                  f"completed {self.completed}, errors {self.errors} (of which 429: {self.rate_limited})",
                  f"time to first token: p50 {seconds(self.ttft_p50_s)}, p95 {seconds(self.ttft_p95_s)}",
                  f"total decode throughput: {self.total_tokens_per_s:.1f} tokens/s"]
-        lines += [f"  user {user}: {'-' if rate is None else f'{rate:.1f}'} tokens/s"
-                  for user, rate in self.per_user_decode_tokens_per_s.items()]
+        def rate(value):
+            return "-" if value is None else f"{value:.1f}"
+        lines += [f"  user {user}: decode {rate(decode)} tokens/s, end to end "
+                  f"{rate(self.per_user_end_to_end_tokens_per_s.get(user))} tokens/s"
+                  for user, decode in self.per_user_decode_tokens_per_s.items()]
+        if any(v is None for v in self.per_user_decode_tokens_per_s.values()) and self.completed:
+            lines.append("  (decode '-': that user's answers came in one piece, so only the end-to-end rate tells)")
         lines += [f"  error: {kind} x{count}" for kind, count in self.error_kinds.items()]
         return "\n".join(lines)
 
@@ -90,16 +103,20 @@ def summarise(outcomes: list[Outcome], *, users: int, interval: float, max_token
     for outcome in failed:
         kind = f"HTTP {outcome.status}" if outcome.status else outcome.error.split(":")[0]
         kinds[kind] = kinds.get(kind, 0) + 1
-    per_user = {}
-    for user in range(users):
-        rates = [r for r in (o.decode_tokens_per_s for o in done if o.user == user) if r is not None]
-        per_user[user] = sum(rates) / len(rates) if rates else None
+    def per_user(rate_of) -> dict[int, float | None]:
+        found: dict[int, float | None] = {}
+        for user in range(users):
+            rates = [r for r in (rate_of(o) for o in done if o.user == user) if r is not None]
+            found[user] = sum(rates) / len(rates) if rates else None
+        return found
     ttfts = [o.first_token_s for o in done if o.first_token_s is not None]
     return Report(users=users, interval_s=interval, requests=len(outcomes), max_tokens=max_tokens, wall_s=wall,
                   completed=len(done), errors=len(failed), rate_limited=sum(o.status == 429 for o in failed),
                   ttft_p50_s=percentile(ttfts, 0.5), ttft_p95_s=percentile(ttfts, 0.95),
                   total_tokens_per_s=sum(o.tokens for o in done) / wall if wall > 0 else 0.0,
-                  per_user_decode_tokens_per_s=per_user, error_kinds=kinds)
+                  per_user_decode_tokens_per_s=per_user(lambda o: o.decode_tokens_per_s),
+                  per_user_end_to_end_tokens_per_s=per_user(lambda o: o.end_to_end_tokens_per_s),
+                  error_kinds=kinds)
 
 
 class Target:
@@ -224,7 +241,7 @@ def run(target: Target, *, users: int, interval: float, requests: int, max_token
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build.py bench", description="Load the running appliance as its users do and report what they get: "
-        "per-user decode tokens/s, time to first token, errors and 429s.")
+        "per-user decode and end-to-end tokens/s, time to first token, errors and 429s.")
     parser.add_argument("--users", type=int, default=4, help="users at once (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="seconds between one user's requests, start to start; 0: the next when the last "

@@ -168,6 +168,8 @@ def test_bench_command_loads_the_stack_like_its_users(stack):
     assert report["requests"] == 6 and report["completed"] == 6 and report["errors"] == 0, report
     assert report["ttft_p50_s"] > 0 and report["ttft_p95_s"] >= report["ttft_p50_s"]
     assert set(report["per_user_decode_tokens_per_s"]) == {"0", "1"} and report["total_tokens_per_s"] > 0
+    assert all(rate > 0 for rate in report["per_user_end_to_end_tokens_per_s"].values())
+    assert set(report["per_user_end_to_end_tokens_per_s"]) == {"0", "1"}
     assert "6/6 done, 0 failed" in done.stderr  # the progress it shows as it goes
     wrong_key = run_cli("bench", "--env-file", str(stack["env_file"]), "--key", "not-the-key", "--requests", "2",
                         "--users", "1", "--json")

@@ -21,17 +21,30 @@ def test_percentiles_are_nearest_rank():
 
 
 def test_report_per_user_rates_errors_and_429s():
-    outcomes = [Outcome(user=0, status=200, first_token_s=0.5, tokens=11, decode_s=1.0),
-                Outcome(user=0, status=200, first_token_s=1.5, tokens=21, decode_s=4.0),
+    outcomes = [Outcome(user=0, status=200, first_token_s=0.5, tokens=11, decode_s=1.0, total_s=2.0),
+                Outcome(user=0, status=200, first_token_s=1.5, tokens=21, decode_s=4.0, total_s=6.0),
                 Outcome(user=1, status=429, error="HTTP 429"),
                 Outcome(user=1, status=0, error="ConnectionResetError: reset")]
     report = summarise(outcomes, users=2, interval=1.0, max_tokens=32, wall=10.0)
     assert report.completed == 2 and report.errors == 2 and report.rate_limited == 1
     assert report.per_user_decode_tokens_per_s == {0: pytest.approx(7.5), 1: None}
+    assert report.per_user_end_to_end_tokens_per_s == {0: pytest.approx(4.5), 1: None}
     assert report.ttft_p50_s == 0.5 and report.ttft_p95_s == 1.5
     assert report.total_tokens_per_s == pytest.approx(3.2)
     assert report.error_kinds == {"HTTP 429": 1, "ConnectionResetError": 1}
-    assert "user 1: - tokens/s" in report.to_text() and "(of which 429: 1)" in report.to_text()
+    assert "user 0: decode 7.5 tokens/s, end to end 4.5 tokens/s" in report.to_text()
+    assert "user 1: decode - tokens/s, end to end - tokens/s" in report.to_text()
+    assert "(of which 429: 1)" in report.to_text()
+
+
+def test_an_answer_in_one_piece_still_has_an_end_to_end_rate():
+    """An engine that sends several tokens per chunk (v0.3.2's balance_serve on
+    a fast GPU sent a 96-token answer in one) leaves no decode span to time."""
+    outcomes = [Outcome(user=0, status=200, first_token_s=0.9, tokens=96, decode_s=0.0, total_s=0.96)]
+    report = summarise(outcomes, users=1, interval=0.0, max_tokens=96, wall=0.96)
+    assert report.per_user_decode_tokens_per_s == {0: None}
+    assert report.per_user_end_to_end_tokens_per_s == {0: pytest.approx(100.0)}
+    assert "came in one piece" in report.to_text()
 
 
 @pytest.mark.parametrize("args, fragment", [
