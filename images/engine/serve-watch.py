@@ -8,6 +8,11 @@ answers nor exits: the container looks alive and serves nothing, and no
 restart policy sees a failure. This watcher exits instead, with the end of
 the scheduler's log, so that the user and `restart: on-failure` both see it.
 
+When the server exits on its own, the scheduler and the model process it
+leaves behind would keep the RPC port and the GPU's memory, and the next
+start would fail on both; the watcher adopts them (a child subreaper) and
+stops them.
+
 Usage: serve-watch.py [--log FILE] -- SERVER_ARGV...
 Exit: the server's own status; 6 when a child it waits for died first.
 """
@@ -15,6 +20,8 @@ Exit: the server's own status; 6 when a child it waits for died first.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +35,7 @@ POLL_S = 1.0
 # A child its parent reaps (a compiler Triton runs) is a zombie for an instant only.
 ZOMBIE_ROUNDS = 3
 STOP_GRACE_S = 15.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def children_of(pid: int) -> dict[int, tuple[str, str]]:
@@ -78,7 +86,52 @@ def stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def become_subreaper() -> None:
+    """Orphans of the server become the watcher's children, not init's."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: left as before
+
+
+def stop_orphans() -> None:
+    """TERM, then KILL after the grace time, every process left to the watcher; reap them."""
+    orphans = list(children_of(os.getpid()))
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    while orphans:
+        for pid in list(orphans):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    orphans.remove(pid)
+            except ChildProcessError:
+                orphans.remove(pid)
+        if orphans and time.monotonic() > deadline:
+            for pid in orphans:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = float("inf")
+        time.sleep(0.1)
+
+
+def reap_adopted(server_pid: int) -> None:
+    """Adopted processes that have exited (the server's status is left to it)."""
+    for pid, (state, _) in children_of(os.getpid()).items():
+        if state == "Z" and pid != server_pid:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 def watch(argv: list[str], log: Path | None) -> int:
+    become_subreaper()
     server = subprocess.Popen(argv)
     stopping = False
 
@@ -95,7 +148,9 @@ def watch(argv: list[str], log: Path | None) -> int:
     while True:
         status = server.poll()
         if status is not None:
+            stop_orphans()
             return status if status >= 0 else 128 - status
+        reap_adopted(server.pid)
         if not stopping:
             children = children_of(server.pid)
             for pid, (state, cmdline) in children.items():
@@ -115,6 +170,7 @@ def watch(argv: list[str], log: Path | None) -> int:
                       f"the server would never answer, so it is stopped. End of {log or 'the scheduler log'}:\n"
                       f"{tail(log)}", file=sys.stderr, flush=True)
                 stop(server)
+                stop_orphans()
                 return CHILD_DIED_EXIT
         time.sleep(POLL_S)
 

@@ -50,6 +50,11 @@ if __name__ == "__main__":
     print("server waiting", flush=True)
     if os.environ.get("SERVER_EXIT"):
         sys.exit(int(os.environ["SERVER_EXIT"]))
+    if os.environ.get("SERVER_EXIT_AFTER_START"):
+        while "sched zmq rpc server" not in open(sys.argv[2]).read():
+            time.sleep(0.1)
+        print(f"children {process.pid} {scheduler.pid}", file=log, flush=True)
+        os._exit(3)  # a crash: no handler stops the children
     started.wait()  # upstream's start_event.wait(): forever when a child died
 """
 
@@ -91,6 +96,20 @@ def test_the_servers_own_exit_status_passes_through(server):
     out, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 3, (out, err)
     assert "ktappliance" not in err
+
+
+def test_what_an_exiting_server_leaves_behind_is_stopped(server):
+    # The scheduler would keep its RPC port and the model process the GPU's
+    # memory, and the next start would fail on both.
+    argv, log = server
+    watcher = watch(argv, log, {"SERVER_EXIT_AFTER_START": "1"})
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 3, (out, err)
+    left = [int(pid) for pid in log.read_text().split("children ", 1)[1].split()[:2]]
+    assert len(left) == 2
+    for pid in left:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_a_stop_signal_reaches_the_server_and_is_no_failure(server):
