@@ -154,7 +154,9 @@ NVCC_APPEND_FLAGS="$nvcc_append" PATH="$venv/bin:$PATH" \
 if [ "$serve" = 1 ]; then
     native=$(grep -l -- '-march=native' csrc/balance_serve/build/compile_commands.json || true)
     [ -z "$native" ] || { echo "build-ktransformers: balance_serve compiled with -march=native ($native)" >&2; exit 1; }
-    sh "$here/check-shared-libstdcxx.sh" csrc/balance_serve/build
+    # setup.py puts balance_serve's own libraries beside the Python modules
+    # (build/lib.*); prometheus-cpp and PhotonLibOS stay in its CMake tree.
+    sh "$here/check-shared-libstdcxx.sh" csrc/balance_serve/build build/lib.*/lib*.so build/lib.*/sched_ext*.so
     "$venv/bin/python" "$here/repair-wheel.py" "$(ls "$wheels"/ktransformers-*.whl)" "$workdir"
     # custom_flashinfer: Python and the kernels' sources; the kernels this
     # image's models need are compiled now, for the target's GPU archs.

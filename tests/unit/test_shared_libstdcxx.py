@@ -43,9 +43,25 @@ def test_libraries_on_the_shared_libstdcxx_pass_the_check(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_the_check_needs_a_folder():
-    done = subprocess.run(["sh", str(CHECK)], capture_output=True, text=True)
-    assert done.returncode != 0 and "usage" in done.stderr
+@needs_gxx
+def test_libraries_named_one_by_one_are_checked_too(tmp_path):
+    (tmp_path / "lib").mkdir()
+    shared = shared_library(tmp_path / "lib", "sched")
+    private = shared_library(tmp_path / "lib", "gpu_cache", "-static-libstdc++")
+    assert subprocess.run(["sh", str(CHECK), str(shared)], capture_output=True).returncode == 0
+    done = subprocess.run(["sh", str(CHECK), str(shared), str(private)], capture_output=True, text=True)
+    assert done.returncode == 1 and "libgpu_cache.so" in done.stderr
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda tmp: [], "usage"),
+    (lambda tmp: [str(tmp / "build" / "lib.*" / "lib*.so")], "no such library or folder"),
+    (lambda tmp: [str(tmp)], "no shared library"),
+])
+def test_a_check_with_nothing_to_check_fails(tmp_path, make, fragment):
+    # A layout change upstream must not turn the check into one that passes on nothing.
+    done = subprocess.run(["sh", str(CHECK), *make(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and fragment in done.stderr
 
 
 def print_env(**extra: str) -> dict[str, str]:
