@@ -38,20 +38,21 @@ STOP_GRACE_S = 15.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def children_of(pid: int) -> dict[int, tuple[str, str]]:
-    """Children of pid: (state, command line); a zombie's command line is empty."""
+def children_of(*parents: int) -> dict[int, tuple[int, str, str]]:
+    """Children of the given pids, from one /proc scan: (parent, state,
+    command line); a zombie's command line is empty."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != pid:
+            if int(fields[1]) not in parents:
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        found[int(entry.name)] = (fields[0], cmdline)
+        found[int(entry.name)] = (int(fields[1]), fields[0], cmdline)
     return found
 
 
@@ -120,10 +121,10 @@ def stop_orphans() -> None:
         time.sleep(0.1)
 
 
-def reap_adopted(server_pid: int) -> None:
+def reap_adopted(family: dict[int, tuple[int, str, str]], server_pid: int) -> None:
     """Adopted processes that have exited (the server's status is left to it)."""
-    for pid, (state, _) in children_of(os.getpid()).items():
-        if state == "Z" and pid != server_pid:
+    for pid, (parent, state, _) in family.items():
+        if parent == os.getpid() and state == "Z" and pid != server_pid:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -150,9 +151,11 @@ def watch(argv: list[str], log: Path | None) -> int:
         if status is not None:
             stop_orphans()
             return status if status >= 0 else 128 - status
-        reap_adopted(server.pid)
+        family = children_of(server.pid, os.getpid())
+        reap_adopted(family, server.pid)
         if not stopping:
-            children = children_of(server.pid)
+            children = {pid: (state, cmdline) for pid, (parent, state, cmdline) in family.items()
+                        if parent == server.pid}
             for pid, (state, cmdline) in children.items():
                 name = watched_name(cmdline)
                 if name and state != "Z":

@@ -159,7 +159,7 @@ def test_concurrent_streams_each_carry_their_own_request(served, gpu_host, model
     gpuhost.record_figures(gpu_host.work, "balance_serve streams against alone", figures)
 
 
-def decode_rate(chats) -> float:
+def tokens_per_s(chats) -> float:
     """Generated tokens per second over all streams, from the first request
     sent to the last answer finished. v0.3.2 sends several tokens per chunk,
     so the span between a stream's first and last chunk says nothing."""
@@ -173,7 +173,7 @@ def test_four_at_once_give_at_least_twice_the_throughput(served, gpu_host):
     single = [stream_chat(served.client, "DeepSeek-R1", length, PROMPTS[0], 0.0) for _ in range(2)][-1]
     with ThreadPoolExecutor(max_workers=4) as pool:
         four = list(pool.map(lambda i: stream_chat(served.client, "DeepSeek-R1", length, PROMPTS[i], 0.0), range(4)))
-    one_rate, four_rate = decode_rate([single]), decode_rate(four)
+    one_rate, four_rate = tokens_per_s([single]), tokens_per_s(four)
     figures = {"single_tok_s": round(one_rate, 1), "four_at_once_tok_s": round(four_rate, 1),
                "ratio": round(four_rate / one_rate, 2), "tokens_each": length}
     print(f"balance_serve decode: {figures}")
