@@ -29,12 +29,14 @@ def tiny_models(tmp_path_factory):
 # ---------------------------------------------------------------- Docker tiers
 # Each image is built once per run (session fixtures) and shared by the tests
 # of both tiers that need it.
-from support.settings import (API_TAG, ENGINE_AMX_TAG, ENGINE_NUMA_TAG, ENGINE_TAG, LLAMACPP_TAG,  # noqa: E402
-                              WEBUI_TAG, engine_build_args)
+from support.isa import amx_image_runs_here  # noqa: E402
+from support.settings import (API_TAG, ENGINE_AMX_TAG, ENGINE_NUMA_TAG, ENGINE_SERVE_AVX2_TAG,  # noqa: E402
+                              ENGINE_TAG, LLAMACPP_TAG, WEBUI_TAG, engine_build_args)
 
 
 IMAGE_TAGS = {"engine-amx": ENGINE_AMX_TAG, "llamacpp": LLAMACPP_TAG, "api": API_TAG, "webui": WEBUI_TAG,
-              "engine-avx2": ENGINE_TAG, "engine-avx2-numa": ENGINE_NUMA_TAG}
+              "engine-avx2": ENGINE_TAG, "engine-avx2-numa": ENGINE_NUMA_TAG,
+              "engine-serve-avx2": ENGINE_SERVE_AVX2_TAG}
 
 
 def pytest_addoption(parser):
@@ -81,11 +83,17 @@ def _build_lanes():
     Marlin files on CUDA 12.4, the scheduler, FlashInfer's kernels); in the
     other, the llama.cpp engine first (most test files run on it), the API and
     Open-WebUI, then v0.2.3 and its NUMA variant (which reuses the ccache the
-    plain build fills)."""
+    plain build fills). Where this CPU cannot run the amx image's code, the
+    first lane then builds v0.3.2 with balance_serve for avx2 (its CUDA objects
+    come from the ccache the amx build filled), so that the scheduler is still
+    started and probed here."""
     from support import dockerenv
+    serve_avx2 = [] if amx_image_runs_here() else [
+        ("engine-serve-avx2", lambda: dockerenv.build_py(
+            *engine_build_args(ENGINE_SERVE_AVX2_TAG, line="v0.3.2", target="avx2"), log_name="engine-serve-avx2"))]
     return [
         [("engine-amx", lambda: dockerenv.build_py(*engine_build_args(ENGINE_AMX_TAG, line="v0.3.2", target="amx"),
-                                                   log_name="engine-amx"))],
+                                                   log_name="engine-amx")), *serve_avx2],
         [("llamacpp", lambda: dockerenv.build_py(*dockerenv.llamacpp_build_args(LLAMACPP_TAG),
                                                  log_name="llamacpp-avx2-cpu")),
          ("api", lambda: _build_component("api", API_TAG)),
@@ -133,6 +141,14 @@ webui_image = _image_fixture("webui")
 engine_image = _image_fixture("engine-avx2")
 engine_numa_image = _image_fixture("engine-avx2-numa")
 engine_amx_image = _image_fixture("engine-amx")
+engine_serve_avx2_image = _image_fixture("engine-serve-avx2")
+
+
+@pytest.fixture(scope="session")
+def engine_serve_image(request):
+    """A v0.3.2 balance_serve image whose code runs on this CPU: the amx one
+    where it can, else the avx2 one built for that reason."""
+    return request.getfixturevalue("engine_amx_image" if amx_image_runs_here() else "engine_serve_avx2_image")
 
 
 @pytest.fixture(scope="session")

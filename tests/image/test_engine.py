@@ -1,8 +1,10 @@
 """The KTransformers engine images a user's default build gives, compiled for
 real from upstream's source at the pinned tags (../shared/sources, else the
 git tag) on the stand-in CUDA 12.4 bases: v0.2.3 for avx2 with torch 2.5.1
-(and its NUMA variant), v0.3.2 for amx with torch 2.6.0 and balance_serve.
-Checked with testinfra in running containers.
+(and its NUMA variant), v0.3.2 for amx with torch 2.6.0 and balance_serve,
+and, on a CPU that cannot run the amx image's code, v0.3.2 for avx2 with
+balance_serve, so that v0.3.2's code is run here too. Checked with testinfra
+in running containers.
 
 Not covered here (no GitHub, no GPU): flash-attn (its wheel is on GitHub; the
 images are built with --flash-attn skip, which they must refuse to serve),
@@ -40,9 +42,13 @@ def start(client, image, environment: dict | None = None):
     return container, testinfra.get_host(f"docker://{container.id}")
 
 
-@pytest.fixture(scope="module", params=["v0.2.3-avx2", "v0.3.2-amx"])
+ENGINES = {"v0.2.3-avx2": "engine_image", "v0.3.2-amx": "engine_amx_image",
+           **({} if isa.amx_image_runs_here() else {"v0.3.2-avx2": "engine_serve_avx2_image"})}
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
 def engine(request, docker_client):
-    image = request.getfixturevalue("engine_image" if request.param == "v0.2.3-avx2" else "engine_amx_image")
+    image = request.getfixturevalue(ENGINES[request.param])
     container, host = start(docker_client, image.id, GUARD_PASS)
     host.image = image
     try:
@@ -147,9 +153,11 @@ def test_avx2_image_lacks_the_amx_backends(engine_image, docker_client):
     assert out.strip() == "False"
 
 
-def test_labels_match_the_target(engine_image, engine_amx_image):
-    for image, target, line, commit, instruct in ((engine_image, "avx2", "v0.2.3", "63b1c852", "AVX2"),
-                                                  (engine_amx_image, "amx", "v0.3.2", "495ae374", "FANCY")):
+def test_labels_match_the_target(engine_image, engine_amx_image, request):
+    built = [(engine_image, "avx2", "v0.2.3", "63b1c852", "AVX2"), (engine_amx_image, "amx", "v0.3.2", "495ae374", "FANCY")]
+    if "v0.3.2-avx2" in ENGINES:
+        built.append((request.getfixturevalue(ENGINES["v0.3.2-avx2"]), "avx2", "v0.3.2", "495ae374", "AVX2"))
+    for image, target, line, commit, instruct in built:
         labels = image.labels
         assert labels["ai.ktappliance.target"] == target
         assert labels["ai.ktappliance.cpu-instruct"] == instruct
@@ -268,21 +276,21 @@ def test_flash_attn_plan_names_the_wheel_for_this_torch_and_estimates_a_compile(
     assert int(values["estimate_minutes"]) == 85 * 6 * 2 // 2
 
 
-# ------------------------------------------------------------------ balance_serve (the v0.3.2 amx image)
+# ------------------------------------------------------------------ balance_serve (the v0.3.2 images)
 
 SERVE_LIBRARIES = ("sched_ext*.so", "libsched*.so", "libkvc2.so", "libasync_store.so", "libcache_entry.so",
                    "libgpu_cache.so", "libcuda_stream_manager.so", "libpage_aligned_memory_pool.so",
                    "libprometheus-cpp-*.so*")
 
 
-def test_balance_serve_loads_without_its_build_tree_or_a_compiler(engine_amx_image, docker_client):
-    labels = engine_amx_image.labels
+def test_balance_serve_loads_without_its_build_tree_or_a_compiler(engine_serve_image, docker_client):
+    labels = engine_serve_image.labels
     assert labels["ai.ktappliance.backend"] == "balance_serve"
     assert "v0.3.2-balance-serve-loopback.patch" in labels["ai.ktappliance.patches"]
-    env = dict(item.split("=", 1) for item in engine_amx_image.attrs["Config"]["Env"])
+    env = dict(item.split("=", 1) for item in engine_serve_image.attrs["Config"]["Env"])
     assert env["KT_BACKEND"] == "balance_serve"
-    isa.skip_unless_runs_here(load_matrix().target("amx").requires)
-    container, host = start(docker_client, engine_amx_image.id, GUARD_PASS)
+    isa.skip_unless_runs_here(labels["ai.ktappliance.cpu-flags"].split())
+    container, host = start(docker_client, engine_serve_image.id, GUARD_PASS)
     try:
         out = host.check_output("python /opt/ktappliance/engine/check-balance-serve.py /opt/venv/flashinfer-ops")
         assert "sched_ext and its libraries load from" in out and "4 FlashInfer kernels load" in out, out
@@ -311,17 +319,26 @@ def test_balance_serve_server_runs_under_its_watcher(engine_amx_image):
     assert 'serve-watch.py" -- "$venv/bin/ktransformers"' in entrypoint.stdout
 
 
-def test_balance_serve_has_no_instruction_beyond_the_target(engine_amx_image, tmp_path):
+SERVE_IMAGES = {"amx": "engine_amx_image", **({} if isa.amx_image_runs_here() else {"avx2": "engine_serve_avx2_image"})}
+
+
+@pytest.mark.parametrize("target", list(SERVE_IMAGES))
+def test_balance_serve_has_no_instruction_beyond_the_target(target, request, tmp_path):
     # Upstream compiles the scheduler, the KV-cache service and PhotonLibOS
     # with -march=native; the build gives them the target's flags instead.
-    libraries = copied_out(engine_amx_image.id, " ".join(f"{SITE}/{p}" for p in SERVE_LIBRARIES), tmp_path)
+    image = request.getfixturevalue(SERVE_IMAGES[target])
+    libraries = copied_out(image.id, " ".join(f"{SITE}/{p}" for p in SERVE_LIBRARIES), tmp_path)
     names = {path.name for path in libraries}
     assert {"libkvc2.so", "libsched.so", "libasync_store.so"} <= names and any(n.startswith("sched_ext") for n in names)
-    required = set(load_matrix().target("amx").requires)
-    beyond = {path.name: isa.beyond_target(isa.disassemble(path), required) for path in libraries}
+    required = set(load_matrix().target(target).requires)
+    code = {path.name: isa.disassemble(path) for path in libraries}
+    beyond = {name: isa.beyond_target(text, required) for name, text in code.items()}
     assert not any(beyond.values()), {name: found for name, found in beyond.items() if found}
-    used = set().union(*(isa.extensions_used(isa.disassemble(path)) for path in libraries))
-    assert "avx512f" in used  # compiled for the target, not for a baseline x86-64
+    # Compiled for the target, not for a baseline x86-64.
+    if target == "amx":
+        assert "avx512f" in set().union(*(isa.extensions_used(text) for text in code.values()))
+    else:
+        assert sum(text.count("%ymm") for text in code.values()) > 100
 
 
 @pytest.mark.parametrize("image, environment, fragment", [

@@ -6,9 +6,10 @@ exposers tell how busy the engine is. The build binds them to loopback
 from where an attacker would be: a neighbour container on the compose
 stack's network, and, for AutoDL, where the services share the host's
 network namespace, another namespace on the same machine. The scheduler is
-the engine image's own, started as the server starts it and held where a
-machine without a GPU stops it (hold_scheduler.py says how); the GPU tier
-probes the running engine, all three sockets."""
+the engine image's own (the amx image, or on a CPU that cannot run its code
+the v0.3.2 avx2 image: the same scheduler and patch), started as the server
+starts it and held where a machine without a GPU stops it (hold_scheduler.py
+says how); the GPU tier probes the running engine, all three sockets."""
 
 import subprocess
 import sys
@@ -20,13 +21,10 @@ import pytest
 
 from support import isa, tiny_deepseek
 from support.netwait import free_port
-from support.settings import API_TAG, ENGINE_AMX_TAG
+from support.settings import API_TAG
 
 pytestmark = pytest.mark.image
 HOLD = Path(__file__).with_name("hold_scheduler.py")
-# What the amx image's balance_serve libraries are compiled with, AMX aside
-# (the scheduler has no AMX code): a CPU without these cannot load them.
-NEEDED = {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16"}
 PROBE = ("import socket, sys\n"
          "for port in sys.argv[2:]:\n"
          "    try:\n"
@@ -44,13 +42,11 @@ def model_dir(tmp_path_factory):
     return out / "model"
 
 
-def held_scheduler(docker_client, model_dir: Path, control_port: int, **run):
+def held_scheduler(docker_client, image, model_dir: Path, control_port: int, **run):
     """The engine image running hold_scheduler.py until the scheduler is held."""
-    missing = isa.lacking_here(NEEDED)
-    if missing:
-        pytest.skip(f"this CPU lacks {' '.join(missing)}, which the amx image's scheduler is compiled for")
+    isa.skip_unless_runs_here(image.labels["ai.ktappliance.cpu-flags"].split())
     container = docker_client.containers.run(
-        ENGINE_AMX_TAG, ["sh", "-c", "/opt/venv/bin/python /opt/ktappliance/engine/kt-user-config.py --kvc2 1 && "
+        image.id, ["sh", "-c", "/opt/venv/bin/python /opt/ktappliance/engine/kt-user-config.py --kvc2 1 && "
                                      "exec /opt/venv/bin/python /hold/hold_scheduler.py"],
         entrypoint=[], detach=True, environment={"CONTROL_PORT": str(control_port)},
         volumes={str(model_dir): {"bind": "/models", "mode": "ro"},
@@ -92,11 +88,11 @@ def probe(docker_client, address: str, ports: list[int], **run) -> dict[int, str
     return {int(line.split()[0]): line.split()[1] for line in out.splitlines()}
 
 
-def test_on_the_compose_network_a_neighbour_reaches_none_of_them(engine_amx_image, api_image, docker_client,
+def test_on_the_compose_network_a_neighbour_reaches_none_of_them(engine_serve_image, api_image, docker_client,
                                                                  model_dir):
     network = docker_client.networks.create(f"kta-sockets-{uuid.uuid4().hex[:6]}", internal=True)
     control = 10002
-    container, ports = held_scheduler(docker_client, model_dir, control, network=network.name)
+    container, ports = held_scheduler(docker_client, engine_serve_image, model_dir, control, network=network.name)
     try:
         bound = listening(container.exec_run(["/opt/venv/bin/python", "-c", LISTENING]).output.decode())
         assert set(ports) <= set(bound), (ports, bound)
@@ -113,14 +109,14 @@ def test_on_the_compose_network_a_neighbour_reaches_none_of_them(engine_amx_imag
         network.remove()
 
 
-def test_with_host_networking_another_namespace_reaches_none_of_them(engine_amx_image, api_image, docker_client,
+def test_with_host_networking_another_namespace_reaches_none_of_them(engine_serve_image, api_image, docker_client,
                                                                      model_dir):
     # The AutoDL bundle runs the engine in the instance's own namespace (no
     # containers inside); here the scheduler shares this machine's, and a
     # container on Docker's bridge is the other namespace, reaching the
     # machine at the bridge's gateway.
     control = free_port()
-    container, ports = held_scheduler(docker_client, model_dir, control, network_mode="host")
+    container, ports = held_scheduler(docker_client, engine_serve_image, model_dir, control, network_mode="host")
     try:
         gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
         seen = probe(docker_client, gateway, [control, *ports])

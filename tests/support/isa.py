@@ -77,3 +77,9 @@ def skip_unless_runs_here(required) -> None:
     if lacking:
         pytest.skip(f"this CPU lacks {' '.join(lacking)}: the target's code cannot run here "
                     "(what can be read without running it is checked by the other tests)")
+
+
+def amx_image_runs_here() -> bool:
+    """Whether this CPU runs the amx image's code (every flag the amx target requires)."""
+    from ktappliance.target.matrix import load_matrix
+    return not lacking_here(load_matrix().target("amx").requires)

@@ -11,6 +11,10 @@ WEBUI_TAG = "kta-test/webui:latest"
 ENGINE_TAG = "kta-test/engine:v0.2.3-avx2-cu124-nonuma-single"
 ENGINE_NUMA_TAG = "kta-test/engine:v0.2.3-avx2-cu124-numa-single"
 ENGINE_AMX_TAG = "kta-test/engine:v0.3.2-amx-cu124-nonuma-balance_serve"
+# v0.3.2 with balance_serve for avx2 (what `detect` offers an avx2 host for
+# concurrency): built only on a CI machine that cannot run the amx image's
+# code, so that the scheduler's own tests still run there.
+ENGINE_SERVE_AVX2_TAG = "kta-test/engine:v0.3.2-avx2-cu124-nonuma-balance_serve"
 # The index URL and proxy carry fake credentials so that the history test has
 # something to look for; the proxy is bypassed for the hosts the build uses.
 INDEX_WITH_CREDENTIALS = "https://kta-user:s3cr3t-index-token@pypi.org/simple"
