@@ -32,6 +32,9 @@ def main() -> None:
     control = socket.create_server(("0.0.0.0", int(os.environ["CONTROL_PORT"])))
     sys.argv = ["ktransformers", "--model_path", "/models/config", "--gguf_path", "/models/gguf",
                 "--backend_type", "balance_serve", "--max_batch_size", "4", "--cache_lens", "4096"]
+    # No GPU here: Triton gets the image's stand-in driver before upstream's
+    # loader asks for one at import (check-server-imports.py says why).
+    runpy.run_path("/opt/ktappliance/engine/check-server-imports.py")["without_gpu_driver"]()
     from ktransformers.server.args import ArgumentParser
     from ktransformers.server.config.config import Config
     args = ArgumentParser(Config()).parse_args()
