@@ -14,10 +14,10 @@ def test_a_bad_image_option_stops_the_run_with_one_line():
     assert "--image enigne-avx2=mine:1: expected NAME=TAG with NAME one of engine-amx" in done.stderr
 
 
-def test_the_ci_layer_prune_refuses_anything_but_a_whole_number_of_minutes():
-    for bad in ([], ["0"], ["ten"], ["5", "6"]):
+def test_the_ci_layer_prune_refuses_anything_but_two_whole_numbers():
+    for bad in ([], ["5"], ["0", "40"], ["ten", "40"], ["5", "-1"], ["5", "40", "6"]):
         done = subprocess.run([sys.executable, str(REPO / "tests/support/prune_stale_layers.py"), *bad],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (bad, done.stderr)
-        assert done.stderr.strip() == ("prune_stale_layers: usage: prune_stale_layers.py MINUTES "
-                                       "(a whole number, at least 1)"), bad
+        assert done.stderr.strip() == ("prune_stale_layers: usage: prune_stale_layers.py MINUTES FREE_GB "
+                                       "(whole numbers, at least 1)"), bad
