@@ -329,7 +329,8 @@ def test_balance_serve_server_runs_under_its_watcher(engine_amx_image):
     assert 'serve-watch.py" -- "$venv/bin/ktransformers"' in entrypoint.stdout
 
 
-SERVE_IMAGES = {"amx": "engine_amx_image", **({} if isa.amx_image_runs_here() else {"avx2": "engine_serve_avx2_image"})}
+# The v0.3.2 images of ENGINES (all balance_serve builds), by target.
+SERVE_IMAGES = {name.split("-", 1)[1]: fixture for name, fixture in ENGINES.items() if name.startswith("v0.3.2-")}
 
 
 @pytest.mark.parametrize("target", list(SERVE_IMAGES))

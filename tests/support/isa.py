@@ -9,6 +9,7 @@ mnemonics or registers only it has (AT&T syntax, as objdump prints it)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -79,6 +80,7 @@ def skip_unless_runs_here(required) -> None:
                     "(what can be read without running it is checked by the other tests)")
 
 
+@functools.cache
 def amx_image_runs_here() -> bool:
     """Whether this CPU runs the amx image's code (every flag the amx target requires)."""
     from ktappliance.target.matrix import load_matrix
